@@ -1,0 +1,101 @@
+"""Worker-side data: a map-style ``Dataset`` over the prepared shards of one split, and its transforms.
+
+The split's encoded JPEG bytes stay in one Arrow buffer (a few KB per image at 64-224 px, no Python object per
+image, shared copy-on-write with DataLoader worker processes). Each item is decoded with libjpeg-turbo
+(``torchvision.io.decode_jpeg``) and augmented with ``torchvision.transforms.v2``. Being map-style, a
+``DataLoader`` over it is sharded across DDP ranks by ``ray.train.torch.prepare_data_loader`` (which adds a
+``DistributedSampler``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import v2
+
+from trainables.data.prepare import load_info
+from trainables.errors import UserError
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Training augmentation; ``strength`` in [0, 1] scales colour jitter and the RandAugment magnitude."""
+
+    strength: float = 0.5
+    crop_scale_min: float = 0.6
+    hflip: bool = True
+    rotation: float = 180.0  # dermoscopy has no "up": any rotation is a valid view
+
+
+def build_transforms(image_size: int, mean, std, train: bool, augment: Augment | None = None) -> v2.Compose:
+    """uint8 CHW tensor -> normalised float tensor of ``image_size`` x ``image_size``."""
+    tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+    if not train:
+        return v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), *tail])
+    aug = augment or Augment()
+    steps: list = [v2.RandomResizedCrop(image_size, scale=(aug.crop_scale_min, 1.0), antialias=True)]
+    if aug.hflip:
+        steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
+    if aug.rotation > 0:
+        steps.append(v2.RandomRotation(aug.rotation))
+    if aug.strength > 0:
+        s = aug.strength
+        steps.append(v2.ColorJitter(brightness=0.3 * s, contrast=0.3 * s, saturation=0.3 * s, hue=0.05 * s))
+        steps.append(v2.RandAugment(num_ops=2, magnitude=max(1, round(9 * s))))
+    return v2.Compose(steps + tail)
+
+
+class ShardDataset(Dataset):
+    """Images of one split of a prepared dataset; items are ``(image, lesion, site)``."""
+
+    def __init__(self, prepared: str | Path, split: str, transform=None, limit: int | None = None):
+        self.info = load_info(prepared)
+        files = [Path(prepared).expanduser() / s["file"] for s in self.info["shards"] if s["split"] == split]
+        if not files:
+            raise UserError(f"{prepared}: no shards for split {split!r}; rerun `skintune prepare`")
+        table = pa.concat_tables(
+            pq.read_table(f, columns=["image", "lesion", "site"]) for f in files
+        ).combine_chunks()
+        if limit is not None:
+            table = table.slice(0, limit)
+        self.images = table.column("image").chunk(0) if table.num_rows else pa.array([], pa.binary())
+        self.lesion = table.column("lesion").to_numpy().astype(np.int64)
+        self.site = table.column("site").to_numpy().astype(np.int64)
+        self.transform = transform
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.lesion)
+
+    def decode(self, index: int) -> torch.Tensor:
+        data = self.images[index].as_buffer()
+        return decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
+
+    def __getitem__(self, index: int):
+        image = self.decode(index)
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, int(self.lesion[index]), int(self.site[index])
+
+
+def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int = 0, seed: int = 0,
+                pin_memory: bool = False) -> DataLoader:
+    """A plain DataLoader; wrap it with ``ray.train.torch.prepare_data_loader`` inside a Train worker."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train and len(dataset) > batch_size,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        generator=generator,
+    )

@@ -1,0 +1,245 @@
+"""``skintune prepare``: read a dataset through its adapter, split it, write Parquet shards and ``dataset.json``.
+
+Each shard holds up to ``shard_size`` images of one split with the canonical columns (DESIGN.md), the images
+decoded once, made upright RGB, resized (shorter side = ``image_size``) and re-encoded as JPEG, so trials never
+touch the multi-megapixel originals. Shards are made in parallel (one process per core, one shard in memory per
+process, so memory does not grow with the dataset), written to a temporary name and renamed, so a killed run
+leaves no partial shard and a rerun only makes the missing ones. Same inputs and options: nothing is redone.
+
+Layout of ``out``::
+
+    dataset.json                  vocabularies, counts, split sizes, fingerprint, options, shard list
+    shards/<split>-<n>-<key>.parquet
+    prepare_report.json           only when images could not be read: which, and why
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from trainables.data.adapters import read_dataset
+from trainables.data.images import BadImage, prepare_image
+from trainables.data.schema import MISSING_SITE, SHARD_COLUMNS, SPLITS, RawTable
+from trainables.data.split import assign_splits, check_no_leakage
+from trainables.errors import UserError
+
+DATASET_JSON = "dataset.json"
+REPORT_JSON = "prepare_report.json"
+FORMAT_VERSION = 1
+SHARD_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("group_id", pa.string()),
+        ("lesion", pa.int16()),
+        ("site", pa.int16()),
+        ("split", pa.string()),
+        ("source", pa.string()),
+        ("image", pa.binary()),
+    ]
+)
+
+
+@dataclass
+class PrepareOptions:
+    """Everything that determines the prepared dataset (``workers``/``skip_bad`` do not change its content)."""
+
+    format: str
+    root: str
+    options: dict = field(default_factory=dict)
+    image_size: int = 224
+    quality: int = 90
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 0
+    official_split: bool = False
+    shard_size: int = 1024
+
+    def content_dict(self) -> dict:
+        return {**asdict(self), "root": str(Path(self.root).expanduser().resolve()), "version": FORMAT_VERSION}
+
+
+def _split_column(table: RawTable, opts: PrepareOptions) -> np.ndarray:
+    frame = table.frame
+    if opts.official_split:
+        official = frame["official_split"]
+        if official.isna().any():
+            raise UserError(
+                f"--official-split: the {table.format} release defines no split for "
+                f"{int(official.isna().sum())} images (e.g. {frame.loc[official.isna(), 'image_id'].iloc[0]!r}); "
+                "drop --official-split"
+            )
+        split = official.to_numpy(dtype=object)
+        check_no_leakage(frame["group_id"].to_numpy(), split)
+        return split
+    return assign_splits(
+        frame["lesion"].to_numpy(), frame["group_id"].to_numpy(), opts.val_fraction, opts.test_fraction, opts.seed
+    )
+
+
+def _input_key(frame: pd.DataFrame, opts: PrepareOptions) -> str:
+    """Hash of the options, the table and each image file's size and mtime: equal key, equal output."""
+    h = hashlib.sha256(json.dumps(opts.content_dict(), sort_keys=True, default=str).encode())
+    h.update(pd.util.hash_pandas_object(frame.drop(columns=["official_split"]), index=False).to_numpy().tobytes())
+    for path in frame["image_path"]:
+        st = os.stat(path)
+        h.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+def _write_shard(path: str, rows: pd.DataFrame, image_size: int, quality: int) -> dict:
+    """Worker: encode ``rows`` into one shard file; returns its row count, digest and unreadable images."""
+    images, keep, bad = [], [], []
+    digest = hashlib.sha256()
+    for i, row in enumerate(rows.itertuples(index=False)):
+        try:
+            data = prepare_image(row.image_path, image_size, quality)
+        except BadImage as exc:
+            bad.append({"image_id": row.image_id, "path": row.image_path, "reason": str(exc)})
+            continue
+        digest.update(row.image_id.encode() + hashlib.sha256(data).digest())
+        images.append(data)
+        keep.append(i)
+    kept = rows.iloc[keep]
+    columns = {c: kept[c].tolist() for c in SHARD_COLUMNS if c != "image"}
+    columns["image"] = images
+    meta = {"rows": len(kept), "digest": digest.hexdigest(), "bad": bad}
+    table = pa.table(columns, schema=SHARD_SCHEMA).replace_schema_metadata({"skintune": json.dumps(meta)})
+    tmp = f"{path}.tmp-{os.getpid()}"
+    pq.write_table(table, tmp, compression="none", row_group_size=256)
+    os.replace(tmp, path)
+    return meta
+
+
+def _read_shard_meta(path: Path) -> dict:
+    return json.loads(pq.read_schema(path).metadata[b"skintune"])
+
+
+def _plan(frame: pd.DataFrame, key: str, shard_size: int) -> list[tuple[str, pd.DataFrame]]:
+    plan = []
+    for split in SPLITS:
+        rows = frame[frame["split"] == split]
+        for n, start in enumerate(range(0, len(rows), shard_size)):
+            plan.append((f"{split}-{n:05d}-{key[:12]}.parquet", rows.iloc[start : start + shard_size]))
+    return plan
+
+
+def _run_plan(plan, shard_dir: Path, opts: PrepareOptions, workers: int, progress: bool) -> dict[str, dict]:
+    metas = {name: _read_shard_meta(shard_dir / name) for name, _ in plan if (shard_dir / name).exists()}
+    todo = [(name, rows) for name, rows in plan if name not in metas]
+    bar = tqdm(total=sum(len(r) for _, r in plan), unit="img", desc="prepare", disable=not progress)
+    bar.update(sum(len(r) for n, r in plan if n in metas))
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        pending: dict = {}
+        queue = iter(todo)
+        while True:
+            while len(pending) < 2 * workers and (item := next(queue, None)) is not None:
+                name, rows = item
+                future = pool.submit(_write_shard, str(shard_dir / name), rows, opts.image_size, opts.quality)
+                pending[future] = (name, len(rows))
+            if not pending:
+                break
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                name, n = pending.pop(future)
+                metas[name] = future.result()
+                bar.update(n)
+    bar.close()
+    return metas
+
+
+def _counts(frame: pd.DataFrame, table: RawTable) -> dict:
+    out = {}
+    for split in SPLITS:
+        part = frame[frame["split"] == split]
+        lesion = part["lesion"].value_counts()
+        site = part["site"].value_counts()
+        out[split] = {
+            "images": len(part),
+            "groups": int(part["group_id"].nunique()),
+            "lesion": {name: int(lesion.get(i, 0)) for i, name in enumerate(table.lesion_classes)},
+            "site": {name: int(site.get(i, 0)) for i, name in enumerate(table.site_classes)},
+            "site_missing": int(site.get(MISSING_SITE, 0)),
+        }
+    return out
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def prepare(opts: PrepareOptions, out: str | Path, *, workers: int | None = None, skip_bad: bool = False,
+            progress: bool = True) -> dict:
+    """Prepare the dataset into ``out`` and return the contents of its ``dataset.json``."""
+    out = Path(out).expanduser()
+    table = read_dataset(opts.format, opts.root, opts.options)
+    frame = table.frame.copy()
+    frame["split"] = _split_column(table, opts)
+    key = _input_key(table.frame, opts)
+    info_path = out / DATASET_JSON
+    if info_path.exists():
+        info = json.loads(info_path.read_text())
+        shards_there = all((out / s["file"]).exists() for s in info.get("shards", []))
+        if info.get("input_key") == key and shards_there and (skip_bad or not info.get("bad_images")):
+            if progress:
+                print(f"prepare: {out} is up to date ({info['images']} images); nothing to do")
+            return info
+    shard_dir = out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    plan = _plan(frame, key, opts.shard_size)
+    metas = _run_plan(plan, shard_dir, opts, workers or os.cpu_count() or 1, progress)
+
+    bad = [b for name, _ in plan for b in metas[name]["bad"]]
+    bad_ids = {b["image_id"] for b in bad}
+    if bad:
+        _atomic_json(out / REPORT_JSON, {"bad_images": bad})
+        if not skip_bad:
+            first = bad[0]
+            raise UserError(
+                f"{len(bad)} image(s) could not be used, e.g. {first['path']}: {first['reason']}; the full list "
+                f"is in {out / REPORT_JSON}. Fix or remove them, or rerun with --skip-bad to leave them out"
+            )
+    for stale in shard_dir.glob("*.parquet"):
+        if stale.name not in metas:
+            stale.unlink()  # shards of an earlier run with other inputs or options
+    kept = frame[~frame["image_id"].isin(bad_ids)]
+    fingerprint = hashlib.sha256("".join(metas[name]["digest"] for name, _ in plan).encode()).hexdigest()
+    info = {
+        "format_version": FORMAT_VERSION,
+        "prepare_options": opts.content_dict(),
+        "input_key": key,
+        "fingerprint": fingerprint,
+        "images": len(kept),
+        "lesion_classes": table.lesion_classes,
+        "site_classes": table.site_classes,
+        "site_missing_rate": float((kept["site"] == MISSING_SITE).mean()),
+        "counts": _counts(kept, table),
+        "bad_images": bad,
+        "shards": [{"file": f"shards/{name}", "split": name.split("-")[0], "rows": metas[name]["rows"]}
+                   for name, _ in plan],
+    }
+    _atomic_json(info_path, info)
+    if progress:
+        sizes = ", ".join(f"{s} {info['counts'][s]['images']}" for s in SPLITS)
+        print(f"prepare: wrote {len(plan)} shards to {out} ({sizes}; {len(bad)} unreadable image(s) left out)")
+    return info
+
+
+def load_info(prepared: str | Path) -> dict:
+    """Read ``dataset.json`` of a prepared dataset, with a clear error where there is none."""
+    path = Path(prepared).expanduser() / DATASET_JSON
+    if not path.exists():
+        raise UserError(f"{path} not found: run `skintune prepare --out {path.parent} ...` first")
+    return json.loads(path.read_text())

@@ -1,0 +1,150 @@
+"""The ``skintune`` command line: one entry, one subcommand per pipeline step (DESIGN.md, "Pipeline").
+
+Heavy modules (torch, ray) are imported inside the handlers so that ``skintune --help`` answers at once.
+Bad input raises ``UserError``; it is printed as one line and the exit code is 2 (``--debug`` shows the
+traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+from trainables.errors import UserError
+
+EXAMPLES = """\
+examples:
+  skintune synth --out data/synth --n 2000 --image-size 96
+  skintune prepare --format isic2019 --root data/synth --out data/synth-prepared --image-size 64
+  skintune prepare --format ham10000 --root /data/HAM10000 --out /data/ham-224 --option harmonize_sites=true
+  skintune train --config experiments/smoke.yaml --storage /tmp/skintune-results
+"""
+
+
+def _parse_option(text: str) -> tuple[str, object]:
+    import yaml
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--option {text!r}: expected KEY=VALUE, e.g. harmonize_sites=true")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def _cmd_synth(args: argparse.Namespace) -> None:
+    from trainables.data.synthetic import generate
+
+    out = generate(args.out, n=args.n, image_size=args.image_size, seed=args.seed, workers=args.workers)
+    print(f"synth: {args.n} images in ISIC 2019 format at {out}")
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from trainables.data.prepare import PrepareOptions, prepare
+
+    opts = PrepareOptions(
+        format=args.format,
+        root=args.root,
+        options=dict(args.option or []),
+        image_size=args.image_size,
+        quality=args.quality,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        official_split=args.official_split,
+        shard_size=args.shard_size,
+    )
+    prepare(opts, args.out, workers=args.workers, skip_bad=args.skip_bad)
+
+
+def _add_synth(sub) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="write a synthetic dermoscopy-like dataset in the ISIC 2019 release format",
+        description="Write a synthetic dermoscopy-like dataset in the ISIC 2019 release format (the two CSVs and "
+        "ISIC_2019_Training_Input/*.jpg): lesion look depends on the diagnosis, skin on the body site.",
+        epilog="example:\n  skintune synth --out data/synth --n 2000 --image-size 96 --seed 0",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", required=True, type=Path, help="folder to write (created)")
+    p.add_argument("--n", type=int, default=2000, help="number of images (default 2000)")
+    p.add_argument("--image-size", type=int, default=128, help="side of the square images in px (default 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.set_defaults(handler=_cmd_synth)
+
+
+def _add_prepare(sub) -> None:
+    p = sub.add_parser(
+        "prepare",
+        help="read a dataset, split it without leakage, write resized Parquet shards + dataset.json",
+        description="Read a dataset through its adapter into the canonical table, make a split stratified by "
+        "lesion class and grouped by lesion/patient, and write Parquet shards of resized JPEGs plus "
+        "dataset.json. Rerunning with the same inputs does nothing; an interrupted run resumes.",
+        epilog=textwrap.dedent("""\
+            formats and their options (--option KEY=VALUE):
+              isic2019    ISIC_2019_Training_GroundTruth.csv + _Metadata.csv + ISIC_2019_Training_Input/
+              isic2020    train.csv (Kaggle) or ISIC_2020_Training_GroundTruth[_v2].csv; label=diagnosis|target
+              ham10000    HAM10000_metadata.csv + images anywhere below root; harmonize_sites=true|false
+              derm7pt     meta/meta.csv + images/; image=derm|clinic; --official-split uses its index files
+              pad_ufes20  metadata.csv + images below root
+              csv         file=labels.csv image_column=.. lesion_column=.. site_column=.. group_column=..
+
+            examples:
+              skintune prepare --format isic2019 --root data/synth --out data/synth-64 --image-size 64
+              skintune prepare --format ham10000 --root /data/HAM10000 --out /data/ham-224 \\
+                  --option harmonize_sites=true --skip-bad
+            """),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--format", required=True, help="dataset format (see below)")
+    p.add_argument("--root", required=True, type=Path, help="the unpacked release folder")
+    p.add_argument("--out", required=True, type=Path, help="folder for shards and dataset.json")
+    p.add_argument("--image-size", type=int, default=224, help="shorter side after resizing (default 224)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality of the shards (default 90)")
+    p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument("--test-fraction", type=float, default=0.15)
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument("--official-split", action="store_true", help="use the release's own split where it has one")
+    p.add_argument("--option", action="append", type=_parse_option, metavar="KEY=VALUE",
+                   help="adapter option, repeatable")
+    p.add_argument("--shard-size", type=int, default=1024, help="images per shard (default 1024)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave unreadable images out (listed in dataset.json) instead of failing")
+    p.set_defaults(handler=_cmd_prepare)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="skintune",
+        description="Tune multi-task (lesion + body site) skin-lesion classifiers with Ray Train, Ray Tune and "
+        "Optuna; compare with a single-task baseline; export the winner.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_synth, _add_prepare):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.handler(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"skintune: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("skintune: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
