@@ -1,0 +1,103 @@
+"""The multi-task network: one shared timm backbone, dropout, a lesion head and (optionally) a body-site head.
+
+``build_model`` is the one factory; ``param_groups`` gives AdamW parameter groups with separate learning rates
+for backbone and heads. The single-task baseline is the same network with ``num_site_classes=0``: its
+``site_head`` is ``None`` and ``forward`` returns ``(lesion_logits, None)``.
+
+TorchScript: ``torch.jit.trace(model, x)`` works for both variants (tuples trace cleanly). A trace cannot
+return ``None``, so a traced single-task model returns an empty ``(batch, 0)`` site tensor instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import timm
+import torch
+from torch import Tensor, nn
+
+from trainables.pretrained import RANDOM_INIT, check_backbone, load_pretrained
+
+
+class MultiTaskNet(nn.Module):
+    """``backbone`` (timm, ``num_classes=0``) → ``dropout`` → ``lesion_head`` and ``site_head`` (Linear)."""
+
+    def __init__(self, backbone: nn.Module, num_lesion_classes: int, num_site_classes: int, dropout: float):
+        super().__init__()
+        self.backbone = backbone
+        self.dropout = nn.Dropout(dropout)
+        # Width of the pooled output: MobileNetV3/V4 add a head conv after the last stage, so ``num_features``
+        # (the stage width) is not it; timm calls the output width ``head_hidden_size``.
+        width = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+        self.lesion_head = nn.Linear(width, num_lesion_classes)
+        self.site_head = nn.Linear(width, num_site_classes) if num_site_classes > 0 else None
+        self.weights_source = RANDOM_INIT  # set by build_model: where the backbone weights came from
+
+    @property
+    def multitask(self) -> bool:
+        return self.site_head is not None
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Return ``(lesion_logits, site_logits)``; ``site_logits`` is ``None`` without a site head."""
+        features = self.dropout(self.backbone(x))
+        lesion = self.lesion_head(features)
+        if self.site_head is not None:
+            return lesion, self.site_head(features)
+        if torch.jit.is_tracing():  # traced graphs may only return tensors
+            return lesion, lesion.new_zeros((lesion.shape[0], 0))
+        return lesion, None
+
+
+def build_model(
+    backbone: str,
+    pretrained: bool,
+    num_lesion_classes: int,
+    num_site_classes: int,
+    dropout: float,
+    weights_file: str | None = None,
+) -> MultiTaskNet:
+    """Create the network; backbone weights come from :func:`trainables.pretrained.load_pretrained`.
+
+    Raises :class:`UserError` for an unknown backbone name (with close names) or weights that do not load.
+    """
+    check_backbone(backbone)
+    if num_lesion_classes < 1 or num_site_classes < 0:
+        got = f"{num_lesion_classes} lesion, {num_site_classes} site"
+        raise ValueError(f"need >= 1 lesion and >= 0 site classes, got {got}")
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    trunk = timm.create_model(backbone, pretrained=False, num_classes=0)
+    source = load_pretrained(backbone, trunk, weights_file, pretrained)
+    model = MultiTaskNet(trunk, num_lesion_classes, num_site_classes, dropout)
+    model.weights_source = source
+    return model
+
+
+def param_groups(
+    model: MultiTaskNet,
+    lr_backbone: float,
+    lr_head: float,
+    weight_decay: float,
+    extra_head_params: Iterable[nn.Parameter] = (),
+) -> list[dict]:
+    """AdamW parameter groups: backbone and heads at their own learning rates, each split into decayed weights
+    and undecayed biases / norm weights (every parameter with ``ndim <= 1``).
+
+    ``extra_head_params`` joins the head groups: pass ``MultiTaskLoss.parameters()`` so the learned task
+    log-variances are optimised (they are scalars, hence never decayed). Empty groups are left out; each group
+    has a ``name`` (``backbone``, ``backbone_no_decay``, ``head``, ``head_no_decay``) for logging.
+    """
+    buckets: dict[str, list[nn.Parameter]] = {n: [] for n in ("backbone", "head")}
+    buckets.update({f"{n}_no_decay": [] for n in ("backbone", "head")})
+    heads = [p for n, p in model.named_parameters() if not n.startswith("backbone.")]
+    for part, params in (("backbone", model.backbone.parameters()), ("head", [*heads, *extra_head_params])):
+        for p in params:
+            if p.requires_grad:
+                buckets[part if p.ndim > 1 else f"{part}_no_decay"].append(p)
+    groups = []
+    for name, params in buckets.items():
+        lr = lr_backbone if name.startswith("backbone") else lr_head
+        wd = 0.0 if name.endswith("no_decay") else weight_decay
+        if params:
+            groups.append({"name": name, "params": params, "lr": lr, "weight_decay": wd})
+    return groups
