@@ -85,8 +85,14 @@ class ShardDataset(Dataset):
         return image, int(self.lesion[index]), int(self.site[index])
 
 
-def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int = 0, seed: int = 0,
-                pin_memory: bool = False) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    train: bool,
+    num_workers: int = 0,
+    seed: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
     """A plain DataLoader; wrap it with ``ray.train.torch.prepare_data_loader`` inside a Train worker."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(

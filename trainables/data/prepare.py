@@ -66,7 +66,11 @@ class PrepareOptions:
     shard_size: int = 1024
 
     def content_dict(self) -> dict:
-        return {**asdict(self), "root": str(Path(self.root).expanduser().resolve()), "version": FORMAT_VERSION}
+        return {
+            **asdict(self),
+            "root": str(Path(self.root).expanduser().resolve()),
+            "version": FORMAT_VERSION,
+        }
 
 
 def _split_column(table: RawTable, opts: PrepareOptions) -> np.ndarray:
@@ -83,14 +87,20 @@ def _split_column(table: RawTable, opts: PrepareOptions) -> np.ndarray:
         check_no_leakage(frame["group_id"].to_numpy(), split)
         return split
     return assign_splits(
-        frame["lesion"].to_numpy(), frame["group_id"].to_numpy(), opts.val_fraction, opts.test_fraction, opts.seed
+        frame["lesion"].to_numpy(),
+        frame["group_id"].to_numpy(),
+        opts.val_fraction,
+        opts.test_fraction,
+        opts.seed,
     )
 
 
 def _input_key(frame: pd.DataFrame, opts: PrepareOptions) -> str:
     """Hash of the options, the table and each image file's size and mtime: equal key, equal output."""
     h = hashlib.sha256(json.dumps(opts.content_dict(), sort_keys=True, default=str).encode())
-    h.update(pd.util.hash_pandas_object(frame.drop(columns=["official_split"]), index=False).to_numpy().tobytes())
+    h.update(
+        pd.util.hash_pandas_object(frame.drop(columns=["official_split"]), index=False).to_numpy().tobytes()
+    )
     for path in frame["image_path"]:
         st = os.stat(path)
         h.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
@@ -180,8 +190,14 @@ def _atomic_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def prepare(opts: PrepareOptions, out: str | Path, *, workers: int | None = None, skip_bad: bool = False,
-            progress: bool = True) -> dict:
+def prepare(
+    opts: PrepareOptions,
+    out: str | Path,
+    *,
+    workers: int | None = None,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> dict:
     """Prepare the dataset into ``out`` and return the contents of its ``dataset.json``."""
     out = Path(out).expanduser()
     table = read_dataset(opts.format, opts.root, opts.options)
@@ -198,6 +214,8 @@ def prepare(opts: PrepareOptions, out: str | Path, *, workers: int | None = None
             return info
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
+    for leftover in shard_dir.glob("*.tmp-*"):
+        leftover.unlink()  # half-written by a killed run
     plan = _plan(frame, key, opts.shard_size)
     metas = _run_plan(plan, shard_dir, opts, workers or os.cpu_count() or 1, progress)
 
@@ -227,13 +245,17 @@ def prepare(opts: PrepareOptions, out: str | Path, *, workers: int | None = None
         "site_missing_rate": float((kept["site"] == MISSING_SITE).mean()),
         "counts": _counts(kept, table),
         "bad_images": bad,
-        "shards": [{"file": f"shards/{name}", "split": name.split("-")[0], "rows": metas[name]["rows"]}
-                   for name, _ in plan],
+        "shards": [
+            {"file": f"shards/{name}", "split": name.split("-")[0], "rows": metas[name]["rows"]}
+            for name, _ in plan
+        ],
     }
     _atomic_json(info_path, info)
     if progress:
         sizes = ", ".join(f"{s} {info['counts'][s]['images']}" for s in SPLITS)
-        print(f"prepare: wrote {len(plan)} shards to {out} ({sizes}; {len(bad)} unreadable image(s) left out)")
+        print(
+            f"prepare: wrote {len(plan)} shards to {out} ({sizes}; {len(bad)} unreadable image(s) left out)"
+        )
     return info
 
 

@@ -58,7 +58,7 @@ def assign_splits(
 def check_no_leakage(groups: np.ndarray, split: np.ndarray) -> None:
     """Raise if any group has images in two splits (used on official splits, which we do not build)."""
     per_group: dict[str, str] = {}
-    for g, s in zip(np.asarray(groups).astype(str), split, strict=True):
+    for g, s in zip(np.asarray(groups).astype(str).tolist(), np.asarray(split).tolist(), strict=True):
         if per_group.setdefault(g, s) != s:
             raise UserError(
                 f"group {g!r} has images in both {per_group[g]!r} and {s!r}: the official split leaks; "

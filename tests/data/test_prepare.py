@@ -1,0 +1,135 @@
+"""prepare: shards + dataset.json from real image files, odd image modes, bad images, idempotence, resume."""
+
+import io
+import json
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from trainables.data.prepare import PrepareOptions, load_info, prepare
+from trainables.errors import UserError
+
+SIZE = 24
+
+
+def _rgb(seed, w=48, h=36):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def _write_good(folder):
+    """Ordinary and odd-but-valid images: the odd ones must come out as upright 8-bit RGB."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(30):
+        _rgb(i).save(folder / f"img{i:02d}.jpg", quality=90)
+        names.append(f"img{i:02d}.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to view": a landscape file that is a portrait photo
+    _rgb(100, 60, 30).save(folder / "exif.jpg", exif=exif)
+    Image.fromarray(np.full((30, 40), 120, np.uint8), "L").save(folder / "gray.png")
+    Image.fromarray(np.full((30, 40), 30000, np.uint16)).save(folder / "deep16.png")
+    _rgb(101).convert("CMYK").save(folder / "cmyk.jpg")
+    return names + ["exif.jpg", "gray.png", "deep16.png", "cmyk.jpg"]
+
+
+def _write_csv(root, names):
+    lines = ["image,lesion,site,group"]
+    for i, name in enumerate(names):
+        lines.append(f"{name},{'ABC'[i % 3]},{['', 'arm', 'leg'][i % 3]},G{i // 2}")
+    (root / "labels.csv").write_text("\n".join(lines) + "\n")
+
+
+def _opts(root, **kw):
+    base = dict(format="csv", root=str(root), options={"file": "labels.csv", "group_column": "group"},
+                image_size=SIZE, val_fraction=0.2, test_fraction=0.2, shard_size=8)
+    return PrepareOptions(**{**base, **kw})
+
+
+@pytest.fixture
+def good_root(tmp_path):
+    root = tmp_path / "raw"
+    _write_csv(root, _write_good(root))
+    return root
+
+
+def _read_all(out):
+    info = load_info(out)
+    return info, pq.read_table([out / s["file"] for s in info["shards"]]).to_pandas()
+
+
+def test_prepare_writes_shards_and_dataset_json(good_root, tmp_path):
+    out = tmp_path / "prep"
+    prepare(_opts(good_root), out, workers=2, progress=False)
+    info, rows = _read_all(out)
+    assert info["images"] == len(rows) == 34
+    assert info["lesion_classes"] == ["A", "B", "C"] and info["site_classes"] == ["arm", "leg"]
+    assert sum(info["counts"][s]["images"] for s in ("train", "val", "test")) == 34
+    assert info["counts"]["train"]["site_missing"] == int(((rows.split == "train") & (rows.site == -1)).sum())
+    assert 0.3 < info["site_missing_rate"] < 0.4
+    assert len(info["fingerprint"]) == 64 and info["bad_images"] == []
+    assert list(rows.columns) == ["image_id", "group_id", "lesion", "site", "split", "source", "image"]
+    for group, part in rows.groupby("group_id"):
+        assert part.split.nunique() == 1, group
+    decoded = {r.image_id: Image.open(io.BytesIO(r.image)) for r in rows.itertuples()}
+    assert all(im.mode == "RGB" and min(im.size) == SIZE for im in decoded.values())
+    assert decoded["exif.jpg"].size[1] > decoded["exif.jpg"].size[0]  # upright portrait
+    assert 100 < np.asarray(decoded["deep16.png"]).mean() < 140  # 30000/65535 of full scale, not clipped white
+    assert abs(np.asarray(decoded["gray.png"]).astype(int).mean() - 120) < 3
+
+
+def test_prepare_is_idempotent_and_resumes_missing_shards(good_root, tmp_path, capsys):
+    out = tmp_path / "prep"
+    first = prepare(_opts(good_root), out, workers=1, progress=False)
+    shards = sorted((out / "shards").glob("*.parquet"))
+    mtimes = {p: p.stat().st_mtime_ns for p in shards}
+    again = prepare(_opts(good_root), out, workers=1)
+    assert "up to date" in capsys.readouterr().out
+    assert again["fingerprint"] == first["fingerprint"]
+    assert {p: p.stat().st_mtime_ns for p in shards} == mtimes
+    # as after a crash: one shard missing and a stray temporary file
+    shards[0].unlink()
+    (out / "shards" / (shards[1].name + ".tmp-999")).write_bytes(b"partial")
+    resumed = prepare(_opts(good_root), out, workers=1, progress=False)
+    assert resumed["fingerprint"] == first["fingerprint"]
+    assert all(p.stat().st_mtime_ns == mtimes[p] for p in shards[1:])
+    assert not list((out / "shards").glob("*.tmp-*"))
+    # other options: new shards, the old ones removed
+    prepare(_opts(good_root, image_size=SIZE + 8), out, workers=1, progress=False)
+    assert not any(p.exists() for p in shards)
+
+
+def test_bad_images_fail_the_run_unless_skip_bad(good_root, tmp_path):
+    names = _write_good(good_root)
+    (good_root / "truncated.jpg").write_bytes((good_root / "img00.jpg").read_bytes()[:200])
+    (good_root / "notes.jpg").write_text("this is not an image")
+    Image.new("RGB", (1, 1)).save(good_root / "tiny.jpg")
+    _write_csv(good_root, names + ["truncated.jpg", "notes.jpg", "tiny.jpg"])
+    out = tmp_path / "prep"
+    with pytest.raises(UserError, match=r"3 image\(s\) could not be used.*--skip-bad") as err:
+        prepare(_opts(good_root), out, workers=2, progress=False)
+    assert str(out / "prepare_report.json") in str(err.value)
+    report = json.loads((out / "prepare_report.json").read_text())
+    assert {b["image_id"] for b in report["bad_images"]} == {"truncated.jpg", "notes.jpg", "tiny.jpg"}
+    assert not (out / "dataset.json").exists()
+    info = prepare(_opts(good_root), out, workers=2, skip_bad=True, progress=False)
+    assert info["images"] == 34 and len(info["bad_images"]) == 3
+    reasons = {b["image_id"]: b["reason"] for b in info["bad_images"]}
+    assert "1x1" in reasons["tiny.jpg"]
+
+
+def test_missing_prepared_dataset_is_a_clear_error(tmp_path):
+    with pytest.raises(UserError, match="run `skintune prepare"):
+        load_info(tmp_path / "nowhere")
+
+
+def test_prepare_memory_does_not_hold_the_dataset(good_root, tmp_path):
+    """Each worker process writes one shard at a time: shards are bounded by shard_size."""
+    out = tmp_path / "prep"
+    info = prepare(_opts(good_root, shard_size=5), out, workers=2, progress=False)
+    assert max(s["rows"] for s in info["shards"]) <= 5
+    assert len(info["shards"]) >= 34 // 5
+    assert all(os.path.getsize(out / s["file"]) > 0 for s in info["shards"])

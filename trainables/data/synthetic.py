@@ -1,0 +1,489 @@
+"""Synthetic dermoscopy-like images written in the ISIC 2019 release format.
+
+Run it with ``skintune synth --out DIR --n N --image-size S --seed K`` (or
+``python -m trainables.data.synthetic --out DIR --n N``), or call :func:`generate`. The output is read by the
+real isic2019 adapter: ``ISIC_2019_Training_GroundTruth.csv``, ``ISIC_2019_Training_Metadata.csv`` and
+``ISIC_2019_Training_Input/ISIC_9xxxxxx[_downsampled].jpg``, plus ``synth.json`` with the arguments.
+
+Priors: a lesion's diagnosis is drawn with probability proportional to its ISIC 2019 class count ** 0.7 (the
+imbalance is flattened so that DF and VASC appear at small n: NV 39 % instead of 51 %, DF 2.4 % instead of
+0.9 %); its body site, and whether the site is missing, from that diagnosis' row of the ISIC 2019 diagnosis x
+site table (so about 9 % of sites are empty, most of them NV). A lesion has 1-4 images (views differing in
+rotation, scale, offset and lighting, same shape and colours) sharing a ``lesion_id``; ~5 % have none.
+
+Image model: the skin (tone per patient; texture, redness, freckles, dry-skin cracks, acral ridges and hair per
+body site) carries the site; the lesion (size, border, colours, network, dots, vessels, scar, keratin per
+diagnosis, see ``DX``) carries the diagnosis. Look-alike pairs (AK/BKL/SCC, MEL/NV, DF/NV) overlap in
+appearance but not in where they occur, so reading the background helps. Each image has its own RNG from
+(seed, index) and each lesion from (seed, lesion), so the bytes do not depend on the number of workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+from tqdm import tqdm
+
+from trainables.errors import UserError
+
+VERSION = 1
+CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
+SITE_NAMES = ("anterior torso", "posterior torso", "lateral torso", "upper extremity", "lower extremity",
+              "head/neck", "palms/soles", "oral/genital")  # fmt: skip
+# ISIC 2019 diagnosis x site counts, columns as SITE_NAMES then missing (reference/datasets.md).
+SITE_TABLE = {
+    "MEL": (1331, 430, 14, 724, 796, 880, 201, 19, 127),
+    "NV": (3699, 1888, 34, 1325, 2876, 767, 168, 24, 2094),
+    "BCC": (1114, 186, 0, 358, 462, 1131, 0, 0, 72),
+    "AK": (92, 4, 0, 79, 66, 598, 6, 0, 22),
+    "BKL": (445, 230, 6, 234, 412, 1001, 7, 14, 275),
+    "DF": (43, 2, 0, 52, 138, 0, 0, 0, 4),
+    "VASC": (78, 22, 0, 23, 58, 36, 3, 2, 31),
+    "SCC": (113, 25, 0, 115, 182, 174, 13, 0, 6),
+}
+FLATTEN = 0.7  # class probability ~ count ** FLATTEN
+AGE = {"MEL": 60, "NV": 44, "BCC": 67, "AK": 70, "BKL": 62, "DF": 47, "VASC": 50, "SCC": 71}
+GROUND_TRUTH, METADATA, IMAGES = "ISIC_2019_Training_GroundTruth.csv", "ISIC_2019_Training_Metadata.csv", \
+    "ISIC_2019_Training_Input"  # fmt: skip
+
+COLOURS = {name: np.array(rgb, np.float32) for name, rgb in {
+    "tan": (0.76, 0.56, 0.40), "brown": (0.52, 0.33, 0.21), "dark": (0.30, 0.18, 0.12),
+    "black": (0.12, 0.08, 0.08), "bluegrey": (0.36, 0.40, 0.50), "pink": (0.90, 0.56, 0.56),
+    "red": (0.74, 0.16, 0.20), "purple": (0.42, 0.14, 0.32), "white": (0.96, 0.93, 0.90),
+    "keratin": (0.95, 0.88, 0.78), "grey": (0.58, 0.54, 0.56), "maroon": (0.42, 0.08, 0.12)}.items()}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Dx:
+    """How a diagnosis looks; every number is a mean that each lesion perturbs."""
+
+    radius: float  # lesion radius, fraction of the image half-width
+    irregular: float  # amplitude of the radial Fourier noise of the border
+    soft: float  # border blur, fraction of the radius
+    opacity: float  # how much the lesion hides the skin (pink lesions are translucent)
+    colours: tuple[str, ...]  # base colour first, then the variegation candidates
+    variegation: float  # mean number of extra colour zones
+    network: float  # pigment network strength
+    cells: float  # network scale (low: broad cerebriform fissures)
+    atypical: float  # 0 regular .. 1 broken network, eccentric pigment, peripheral dots
+    dots: tuple[tuple[str, float, float], ...] = ()  # (colour, mean count, radius in half-widths)
+    vessels: float = 0.0  # mean number of arborizing vessels
+    scar: float = 0.0  # white scar-like centre
+    keratin: float = 0.0  # crusty keratin / scale
+
+
+DX = {
+    "MEL": Dx(0.50, 0.13, 0.06, 0.95, ("brown", "dark", "black", "bluegrey", "tan", "grey", "pink"), 2.2,
+              0.5, 30, 0.75, (("black", 10, 0.015), ("grey", 6, 0.012))),
+    "NV": Dx(0.38, 0.05, 0.09, 0.85, ("brown", "tan", "dark", "bluegrey"), 0.6, 0.7, 32, 0.25,
+             (("dark", 6, 0.03),)),
+    "BCC": Dx(0.40, 0.09, 0.12, 0.55, ("pink", "bluegrey", "white", "dark"), 1.2, 0.0, 16, 0.3,
+              (("bluegrey", 5, 0.07),), vessels=4, keratin=0.1),
+    "AK": Dx(0.45, 0.10, 0.30, 0.55, ("pink", "red", "tan", "brown"), 0.7, 0.0, 16, 0.3,
+             (("white", 14, 0.025),), keratin=0.45),
+    "BKL": Dx(0.46, 0.08, 0.05, 0.85, ("tan", "brown", "pink", "dark", "grey"), 1.0, 0.35, 14, 0.4,
+              (("white", 5, 0.025), ("dark", 5, 0.025)), keratin=0.35),
+    "DF": Dx(0.34, 0.04, 0.25, 0.70, ("brown", "tan", "pink"), 0.4, 0.5, 36, 0.1, scar=0.8),
+    "VASC": Dx(0.32, 0.06, 0.04, 0.95, ("red", "purple", "bluegrey"), 1.2, 0.0, 16, 0.0,
+               (("purple", 8, 0.07), ("maroon", 8, 0.06))),
+    "SCC": Dx(0.45, 0.10, 0.20, 0.60, ("pink", "red", "keratin", "tan"), 1.0, 0.0, 16, 0.3,
+              (("red", 14, 0.015), ("maroon", 3, 0.03)), keratin=0.8),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Site:
+    """How the skin of a body site looks."""
+
+    colour: tuple[float, float, float]  # average-tone skin
+    texture: float  # fine texture amplitude
+    blotch: float  # reddish sun-damage blotches
+    freckles: float  # small tan spots
+    cracks: float  # dry-skin scaling lines
+    ridges: float  # palm/sole ridges and furrows
+    hair: float  # mean number of hairs
+
+
+SITES = {
+    "anterior torso": Site((0.80, 0.59, 0.49), 0.02, 0.02, 0.2, 0.0, 0.0, 2),
+    "posterior torso": Site((0.77, 0.56, 0.46), 0.03, 0.03, 0.6, 0.0, 0.0, 3),
+    "lateral torso": Site((0.79, 0.58, 0.48), 0.02, 0.02, 0.4, 0.0, 0.0, 2),
+    "upper extremity": Site((0.81, 0.60, 0.50), 0.04, 0.06, 0.4, 0.15, 0.0, 7),
+    "lower extremity": Site((0.80, 0.60, 0.51), 0.05, 0.02, 0.1, 0.5, 0.0, 14),
+    "head/neck": Site((0.88, 0.65, 0.57), 0.05, 0.30, 0.3, 0.0, 0.0, 2),
+    "palms/soles": Site((0.89, 0.73, 0.58), 0.02, 0.00, 0.0, 0.0, 1.0, 0),
+    "oral/genital": Site((0.82, 0.50, 0.52), 0.02, 0.15, 0.0, 0.0, 0.0, 1),
+}
+
+
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    t = (np.arange(size, dtype=np.float32) + 0.5) / size * 2 - 1
+    return np.meshgrid(t, t)
+
+
+def _noise(rng: np.random.Generator, size: int, cells: float) -> np.ndarray:
+    """Smooth noise with about ``cells`` features across the image, standardised."""
+    c = max(2, round(cells))
+    small = Image.fromarray(rng.standard_normal((c + 3, c + 3)).astype(np.float32), "F")
+    step = (c + 3) / (c + 1)  # crop a margin: bicubic edges are biased
+    field = np.asarray(small.resize((size, size), Image.BICUBIC, box=(1, 1, 1 + c * step, 1 + c * step)))
+    return (field - field.mean()) / (field.std() + 1e-6)
+
+
+def _mask(draw_fn, size: int, blur: float = 0.0, ss: int = 2) -> np.ndarray:
+    """Anti-aliased [0, 1] mask drawn by ``draw_fn(draw, scale)`` at ``ss`` times the size, blurred by
+    ``blur`` half-widths (a resolution-independent softness)."""
+    img = Image.new("L", (size * ss, size * ss))
+    draw_fn(ImageDraw.Draw(img), size * ss)
+    if blur:
+        img = img.filter(ImageFilter.GaussianBlur(blur * size * ss / 2))
+    return np.asarray(img.resize((size, size), Image.BOX), np.float32) / 255
+
+
+def _cell_borders(rng: np.random.Generator, size: int, cells: float) -> np.ndarray:
+    """Distance to the nearest cell border (Worley F2 - F1) of a jittered grid, ``cells`` per image width."""
+    c = max(2, round(cells))
+    jx, jy = rng.uniform(0, 1, (2, (c + 2) ** 2)).astype(np.float32)  # one point per cell, padded
+    gx, gy = np.meshgrid(*[(np.arange(size, dtype=np.float32) + 0.5) * c / size] * 2)
+    gx, gy = gx + 0.3 * _noise(rng, size, c / 3), gy + 0.3 * _noise(rng, size, c / 3)  # rounder, uneven holes
+    ix, iy = np.clip(np.floor(gx), 0, c - 1), np.clip(np.floor(gy), 0, c - 1)
+    fx, fy, cell = gx - ix, gy - iy, ((iy + 1) * (c + 2) + ix + 1).astype(np.intp)
+    near = second = np.full_like(gx, np.inf)  # squared distances to the nearest and second nearest point
+    for dx in (-1, 0, 1):
+        for dy in (-1, 0, 1):
+            k = cell + dy * (c + 2) + dx
+            d = (fx - dx - jx.take(k)) ** 2 + (fy - dy - jy.take(k)) ** 2
+            second, near = np.minimum(second, np.maximum(near, d)), np.minimum(near, d)
+    return np.sqrt(second) - np.sqrt(near)
+
+
+def _paint(p: np.ndarray, a: np.ndarray, colour: np.ndarray, w: np.ndarray) -> None:
+    """Paint ``colour`` with weight ``w`` over premultiplied RGB ``p`` and alpha ``a``, in place."""
+    w = np.clip(w, 0, 1)
+    p *= 1 - w[..., None]
+    p += w[..., None] * colour
+    a *= 1 - w
+    a += w
+
+
+def _skin(rng: np.random.Generator, site: Site, tone: float, size: int) -> np.ndarray:
+    """Site-dependent skin; ``tone`` (per patient, ~N(0, 1)) darkens and browns it."""
+    base = np.array(site.colour, np.float32) - tone * np.array([0.09, 0.12, 0.12], np.float32)
+    furrows = np.exp(-((_noise(rng, size, 10) / 0.12) ** 2))  # the criss-cross lines of the skin surface
+    shade = 1 + 0.04 * _noise(rng, size, 3) + site.texture * _noise(rng, size, 50) - 0.04 * furrows
+    img = base * shade[..., None]
+    if site.blotch:  # sun damage: reddish patches
+        red = np.clip(_noise(rng, size, 7) - 0.2, 0, None) * site.blotch
+        img += red[..., None] * np.array([0.02, -0.12, -0.09], np.float32)
+    if site.freckles:
+        spots = np.clip((_noise(rng, size, 26) - 1.8) * 2, 0, 1) * site.freckles
+        img *= 1 - spots[..., None] * np.array([0.15, 0.25, 0.32], np.float32)
+    if site.cracks:  # dry skin: whitish scale along the furrows
+        img += (furrows * site.cracks)[..., None] * np.array([0.14, 0.14, 0.15], np.float32)
+    if site.ridges:  # acral skin: parallel ridges and furrows, sweat pores on the ridges
+        u, v = _grid(size)
+        th = rng.uniform(0, np.pi)
+        ridge = 0.5 + 0.5 * np.sin(
+            2 * np.pi * 12 * (u * np.cos(th) + v * np.sin(th)) + 2.5 * _noise(rng, size, 3)
+        )
+        img *= (1 - site.ridges * 0.12 * (1 - ridge))[..., None]
+        img += (np.clip((_noise(rng, size, 40) - 2.0) * ridge, 0, 1) * 0.15)[..., None]
+    return img
+
+
+def _hair(rng: np.random.Generator, img: np.ndarray, count: float, colour: np.ndarray) -> np.ndarray:
+    n = rng.poisson(count)
+    if n == 0:
+        return img
+    theta, size = rng.uniform(0, np.pi), img.shape[0]
+
+    def draw(d: ImageDraw.ImageDraw, s: int) -> None:
+        for _ in range(n):
+            length, bend = rng.uniform(0.3, 1.2) * s, rng.normal(0, 0.6)
+            angles = theta + rng.normal(0, 0.3) + bend * np.linspace(0, 1, 10)
+            x, y = rng.uniform(-0.2, 1.2, 2) * s
+            xs = x + np.cumsum(np.cos(angles)) * length / 10
+            ys = y + np.cumsum(np.sin(angles)) * length / 10
+            width = max(1, round(rng.uniform(0.5, 1.4) * s / 128))
+            d.line(list(zip(xs.tolist(), ys.tolist())), fill=int(rng.uniform(160, 255)), width=width)
+
+    m = _mask(draw, size)[..., None]
+    return img * (1 - m) + colour * m
+
+
+def _shape(rng: np.random.Generator, d: Dx, size: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Lesion mask from a radial Fourier border; returns (mask, radius / R map, R)."""
+    u, v = _grid(size)
+    rho, th = np.hypot(u, v), np.arctan2(v, u)
+    r0 = float(np.clip(d.radius * rng.lognormal(0, 0.2), 0.12, 0.8))
+    k = np.arange(2, 8, dtype=np.float32)
+    amp = d.irregular * rng.lognormal(0, 0.4) * rng.standard_normal(k.size) / k**0.7
+    phase = rng.uniform(0, 2 * np.pi, k.size)
+    angles = np.linspace(-np.pi, np.pi, 721, dtype=np.float32)  # the border on a table of angles
+    table = 1 + (amp[:, None] * np.cos(k[:, None] * angles + phase[:, None])).sum(0)
+    edge = r0 * (table[np.rint((th + np.pi) * (360 / np.pi)).astype(int)] + 0.3 * d.irregular * _noise(rng, size, 14))
+    soft = max(0.012, d.soft * rng.lognormal(0, 0.3) * r0)
+    mask = 0.5 + 0.5 * np.tanh((edge - rho) / soft)
+    return mask.astype(np.float32), (rho / np.maximum(edge, 1e-3)).astype(np.float32), r0
+
+
+def _dots(rng: np.random.Generator, size: int, r0: float, count: float, radius: float, peripheral: float):
+    """Mask of ``Poisson(count)`` dots inside the lesion; ``peripheral`` pushes them to one edge."""
+    n = rng.poisson(count)
+    side = rng.uniform(0, 2 * np.pi)
+    rho = r0 * np.sqrt(rng.uniform(peripheral * 0.6, 0.85, n))
+    th = rng.uniform(0, 2 * np.pi, n) * (1 - 0.6 * peripheral) + side
+    rad = radius * rng.lognormal(0, 0.3, n)
+
+    def draw(dr: ImageDraw.ImageDraw, s: int) -> None:
+        for x, y, r in zip(np.cos(th) * rho, np.sin(th) * rho, rad):
+            cx, cy, rr = (x + 1) * s / 2, (y + 1) * s / 2, max(r * s / 2, 0.7)
+            dr.ellipse((cx - rr, cy - rr, cx + rr, cy + rr), fill=255)
+
+    return _mask(draw, size, blur=radius * 0.5)
+
+
+def _vessels(rng: np.random.Generator, size: int, r0: float, count: float) -> np.ndarray:
+    """Arborizing vessels: branching random walks that start near the border and thin inwards."""
+
+    def draw(d: ImageDraw.ImageDraw, s: int) -> None:
+        stack = [
+            (a, 0.8 * r0, a + np.pi + rng.normal(0, 0.4), 3.0) for a in rng.uniform(0, 7, rng.poisson(count))
+        ]
+        while stack:
+            a, r, heading, width = stack.pop()
+            x, y = np.cos(a) * r, np.sin(a) * r
+            pts = [(x, y)]
+            for _ in range(6):
+                heading += rng.normal(0, 0.35)
+                x, y = x + np.cos(heading) * r0 * 0.1, y + np.sin(heading) * r0 * 0.1
+                pts.append((x, y))
+            d.line(
+                [((px + 1) * s / 2, (py + 1) * s / 2) for px, py in pts],
+                fill=230,
+                width=round(width * s / 256) or 1,
+            )
+            if width > 1.2:
+                for turn in (-0.6, 0.6):
+                    stack.append((np.arctan2(y, x), np.hypot(x, y), heading + turn, width * 0.6))
+
+    return _mask(draw, size)
+
+
+def _lesion(rng: np.random.Generator, d: Dx, size: int, tone: float) -> tuple[np.ndarray, np.ndarray]:
+    """The lesion in its own frame: premultiplied RGB and alpha."""
+    mask, rel, r0 = _shape(rng, d, size)
+    base = COLOURS[d.colours[0] if rng.random() > 0.2 else d.colours[rng.integers(1, 3)]]  # like a neighbour
+    base = np.clip(base * rng.normal(1 - 0.05 * tone, 0.07, 3), 0, 1).astype(np.float32)
+    atyp = float(np.clip(d.atypical + rng.normal(0, 0.2), 0, 1))
+    a = mask * float(np.clip(d.opacity * rng.normal(1, 0.1), 0.2, 1))
+    centre = 1 - 0.25 * (1 - rel) * rng.uniform(-0.5, 1)  # darker or lighter centre
+    p = (a * centre * (1 + rng.uniform(0.05, 0.2) * _noise(rng, size, 12)))[..., None] * base
+    for name in rng.choice(d.colours[1:], min(rng.poisson(d.variegation), len(d.colours) - 1), replace=False):
+        zone = np.clip(_noise(rng, size, 4) + rng.uniform(-1.2, 0.2) + atyp * 0.6, 0, 1)
+        _paint(p, a, COLOURS[name], zone * mask * 0.7)
+    if d.network:  # pigmented cell borders; an atypical network is uneven, thick and broken
+        width = 0.5 * np.exp(atyp * 0.5 * _noise(rng, size, 6))
+        lines = np.exp(-((_cell_borders(rng, size, d.cells * rng.lognormal(0, 0.2)) / width) ** 2))
+        broken = np.clip(_noise(rng, size, 5) + 1.5 - 2 * atyp, 0, 1)
+        fade = 1 - 0.7 * (1 - atyp) * rel**3  # a regular network fades out towards the border
+        _paint(p, a, base * 0.6, 0.8 * lines * broken * fade * d.network * rng.lognormal(0, 0.3) * mask)
+    for name, count, radius in d.dots:
+        dots = _dots(rng, size, r0, count, radius, atyp if name in ("black", "dark") else 0)
+        _paint(p, a, COLOURS[name], dots * 0.85)
+    if d.vessels:
+        _paint(p, a, COLOURS["red"], _vessels(rng, size, r0, d.vessels) * 0.85)
+    if d.scar:
+        scar = np.clip(1.5 * (1 - rel / 0.5) + 0.6 * _noise(rng, size, 6), 0, 1) * rng.lognormal(0, 0.4)
+        _paint(p, a, COLOURS["white"] * np.array([0.97, 0.9, 0.88], np.float32), scar * d.scar * mask)
+    if d.keratin:
+        crust = np.clip(_noise(rng, size, 6) + 1.2 * (1 - rel) - 0.8, 0, 1) * (
+            0.7 + 0.3 * _noise(rng, size, 30)
+        )
+        _paint(p, a, COLOURS["keratin"], crust * d.keratin * rng.lognormal(0, 0.4) * mask)
+    return p, a
+
+
+def _view(rng: np.random.Generator, p: np.ndarray, a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate, flip, scale and shift the lesion (premultiplied, so edges interpolate correctly)."""
+    size = a.shape[0]
+    th, scale, off = rng.uniform(0, 2 * np.pi), rng.lognormal(0, 0.12), rng.normal(0, 0.08, 2)
+    m = np.array([[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]]) / scale
+    m[:, 0] *= rng.choice([-1, 1])
+    h = size / 2
+    c = h - m @ (h * (1 + off))
+    data = (m[0, 0], m[0, 1], c[0], m[1, 0], m[1, 1], c[1])
+    chans = [np.dstack([p, a])[..., i] for i in range(4)]
+    out = [
+        np.asarray(Image.fromarray(ch, "F").transform((size, size), Image.AFFINE, data, Image.BILINEAR))
+        for ch in chans
+    ]
+    return np.dstack(out[:3]), np.clip(out[3], 0, 1)
+
+
+def _optics(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
+    """Illumination gradient, white balance, dermoscope vignetting and sensor noise."""
+    u, v = _grid(img.shape[0])
+    gx, gy = rng.normal(0, 0.08, 2)
+    img = img * (1 + gx * u + gy * v)[..., None] * rng.normal(1, 0.02, 3).astype(np.float32)
+    r = np.hypot(u, v)
+    img *= (1 - rng.uniform(0.1, 0.35) * (r / 1.42) ** 3)[..., None]
+    if rng.random() < 0.4:  # the dark circle of a contact dermoscope
+        img *= np.clip((rng.uniform(1.0, 1.35) - r) / 0.04, 0, 1)[..., None]
+    return img + rng.uniform(0.004, 0.02) * rng.standard_normal(img.shape, dtype=np.float32)
+
+
+def _render(job: tuple) -> None:
+    """Draw one image and write it; ``job`` = (path, size, seed, lesion index, image index, dx, site, male)."""
+    path, size, seed, lesion, index, dx, site, male = job
+    lrng = np.random.default_rng([seed, 0, lesion])  # the lesion and its patient: same in every view
+    vrng = np.random.default_rng([seed, 1, index])  # this view
+    tone, hair = lrng.normal(0, 1), lrng.lognormal(0.3 if male else -0.7, 0.5)
+    hair_colour = COLOURS["black"] * lrng.uniform(0.5, 2.5)
+    p, a = _view(vrng, *_lesion(lrng, DX[dx], size, tone))
+    img = _skin(vrng, SITES[site], tone, size) * (1 - a[..., None]) + p
+    img = _optics(vrng, _hair(vrng, img, SITES[site].hair * hair, hair_colour))
+    Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path, quality=90)
+
+
+def _plan(n: int, seed: int) -> list[dict]:
+    """One row per image: lesions with 1-4 views, sampled from the ISIC 2019 priors, in shuffled order."""
+    rng = np.random.default_rng([seed, 2])
+    table = np.array([SITE_TABLE[c] for c in CLASSES], np.float64)
+    p_dx = table.sum(1) ** FLATTEN / (table.sum(1) ** FLATTEN).sum()
+    rows: list[dict] = []
+    lesion = 0
+    while len(rows) < n:
+        dx = int(rng.choice(len(CLASSES), p=p_dx))
+        row = table[dx]
+        site = SITE_NAMES[rng.choice(len(SITE_NAMES), p=row[:-1] / row[:-1].sum())]
+        missing = rng.random() < row[-1] / row.sum()
+        views = min(n - len(rows), int(rng.choice([1, 2, 3, 4], p=[0.5, 0.27, 0.15, 0.08])))
+        no_id = views == 1 and rng.random() < 0.18  # ~5 % of images, like the older ISIC images
+        male, unknown = rng.random() < 0.53, rng.random() < 0.015
+        age = int(np.clip(round((AGE[CLASSES[dx]] + rng.normal(0, 14)) / 5) * 5, 5, 85))
+        meta = {"dx": CLASSES[dx], "site": site, "site_label": "" if missing else site, "lesion": lesion,
+                "lesion_id": "" if no_id else f"SYN_{lesion:07d}", "male": male,
+                "sex": "" if unknown else ("male" if male else "female"), "age": "" if unknown else f"{age:.1f}"}  # fmt: skip
+        rows += [dict(meta) for _ in range(views)]
+        lesion += 1
+    rows = [rows[i] for i in rng.permutation(n)]
+    downsampled = rng.random(n) < 0.08  # the real release has 2,074 such names out of 25,331
+    for i, r in enumerate(rows):
+        r["image"] = f"ISIC_{9_000_000 + i:07d}" + ("_downsampled" if downsampled[i] else "")
+    return rows
+
+
+def _write_csvs(root: Path, rows: list[dict]) -> None:
+    with open(root / GROUND_TRUTH, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["image", *CLASSES, "UNK"])
+        w.writerows([r["image"], *("1.0" if r["dx"] == c else "0.0" for c in CLASSES), "0.0"] for r in rows)
+    with open(root / METADATA, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(["image", "age_approx", "anatom_site_general", "lesion_id", "sex"])
+        w.writerows([r["image"], r["age"], r["site_label"], r["lesion_id"], r["sex"]] for r in rows)
+
+
+def _check(out: Path, n: int, image_size: int, seed: int, workers: int | None) -> dict:
+    """Validate the arguments; return the record kept in ``synth.json``."""
+    if n < 16:
+        raise UserError(f"synthetic data: n={n} is too small; use --n 16 or more")
+    if image_size < 32:
+        raise UserError(f"synthetic data: image size {image_size} is too small; use --image-size 32 or more")
+    if seed < 0:
+        raise UserError(f"synthetic data: seed {seed} is negative; use --seed 0 or more")
+    if workers is not None and workers < 1:
+        raise UserError(f"synthetic data: workers={workers}; use 1 or more (or leave it out for all cores)")
+    args = {
+        "generator": "skintune-synthetic",
+        "version": VERSION,
+        "n": n,
+        "image_size": image_size,
+        "seed": seed,
+    }
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not _is_complete(out, args):
+        raise UserError(
+            f"{out} already exists and is not a synthetic dataset made with n={n}, image size {image_size}, "
+            f"seed {seed}; choose a new --out directory or delete it"
+        )
+    return args
+
+
+def _is_complete(out: Path, args: dict) -> bool:
+    try:
+        same = json.loads((out / "synth.json").read_text()) == args
+    except (OSError, ValueError):
+        return False
+    return same and (out / GROUND_TRUTH).is_file() and (out / METADATA).is_file()
+
+
+def generate(
+    out: str | Path,
+    n: int,
+    image_size: int = 128,
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write ``n`` synthetic images in the ISIC 2019 layout under ``out`` and return ``out``.
+
+    Same bytes for the same (n, image_size, seed), whatever ``workers`` (default: all cores). Writes into
+    ``<out>.partial`` and renames it at the end, so an interrupted run never looks complete; returns at once
+    if ``out`` already holds the dataset made with these arguments.
+    """
+    out = Path(out).expanduser()
+    args = _check(out, n, image_size, seed, workers)
+    if _is_complete(out, args):
+        return out
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / IMAGES).mkdir(parents=True)
+    rows = _plan(n, seed)
+    jobs = [(str(tmp / IMAGES / f"{r['image']}.jpg"), image_size, seed, r["lesion"], i, r["dx"], r["site"], r["male"])
+            for i, r in enumerate(rows)]  # fmt: skip
+    workers = min(workers or os.cpu_count() or 1, n)
+    with tqdm(total=n, desc="synthetic images", unit="img", disable=not progress) as bar:
+        if workers == 1:
+            for job in jobs:
+                _render(job)
+                bar.update()
+        else:
+            with ProcessPoolExecutor(workers) as pool:
+                for _ in pool.map(_render, jobs, chunksize=max(1, min(64, n // (4 * workers)))):
+                    bar.update()
+    _write_csvs(tmp, rows)
+    (tmp / "synth.json").write_text(json.dumps(args, indent=2) + "\n")
+    if out.exists():
+        out.rmdir()  # an empty directory, checked above
+    tmp.rename(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Write a synthetic dermoscopy dataset in the ISIC 2019 layout."
+    )
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=None)
+    a = parser.parse_args(argv)
+    try:
+        print(generate(a.out, a.n, a.image_size, a.seed, a.workers))
+    except UserError as e:
+        raise SystemExit(f"error: {e}") from None
+
+
+if __name__ == "__main__":
+    main()
