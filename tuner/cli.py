@@ -57,6 +57,43 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
     prepare(opts, args.out, workers=args.workers, skip_bad=args.skip_bad)
 
 
+def _cmd_train(args: argparse.Namespace) -> None:
+    from tuner.config import load_experiment
+    from tuner.train_run import run_train
+
+    exp = load_experiment(args.config, storage=args.storage)
+    result = run_train(exp, name=args.name)
+    if result.error is not None:
+        raise UserError(f"training failed: {str(result.error).splitlines()[0]} (logs under {result.path})")
+    m = result.metrics or {}
+    print(f"train: {m.get('epoch', 0)} epoch(s); val/lesion_bacc {m.get('val/lesion_bacc', float('nan')):.3f}; "
+          f"checkpoint {result.checkpoint.path if result.checkpoint else '-'}")
+    print(f"TensorBoard: skintune tensorboard --storage {exp.storage} --experiment {exp.name}")
+
+
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from tuner.config import load_experiment
+    from tuner.tune_run import run_tune, tune_dir
+
+    exp = load_experiment(args.config, storage=args.storage)
+    _, table = run_tune(exp, resume=args.resume)
+    counts = table["status"].value_counts().to_dict()
+    print(f"tune: {len(table)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}); "
+          f"table: {tune_dir(exp)}/results.parquet")
+    if table["best_objective"].notna().any():
+        best = table.iloc[0]
+        params = {k.removeprefix("param/"): v for k, v in best.items() if k.startswith("param/") and v == v}
+        print(f"best trial {best['trial_id']}: {exp.tune.metric} = {best['best_objective']:.4f} "
+              f"(epoch {best['best_epoch']}) with {params}")
+    print(f"TensorBoard: skintune tensorboard --storage {exp.storage} --experiment {exp.name}")
+
+
+def _cmd_tensorboard(args: argparse.Namespace) -> None:
+    from tuner.tensorboard_server import serve
+
+    serve(args.storage, args.experiment, port=args.port)
+
+
 def _add_synth(sub) -> None:
     p = sub.add_parser(
         "synth",
@@ -115,6 +152,57 @@ def _add_prepare(sub) -> None:
     p.set_defaults(handler=_cmd_prepare)
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the experiment's base configuration once (Ray Train DDP, no search)",
+        description="Prepare the data if needed, then run one Ray Train TorchTrainer fit of the experiment's "
+        "`train:` settings with `workers_per_trial` DDP workers: the worker function every trial uses. "
+        "Rerunning with the same --name resumes from its last checkpoint.",
+        epilog="examples:\n  skintune train --config experiments/smoke.yaml --storage /tmp/skintune-results\n"
+        "  skintune train --config experiments/demo.yaml --name baseline-run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", required=True, type=Path, help="experiment YAML (see experiments/)")
+    p.add_argument("--storage", default=None, help="results folder or URI (overrides the YAML's storage)")
+    p.add_argument("--name", default="train", help="run name under <storage>/<experiment>/ (default: train)")
+    p.set_defaults(handler=_cmd_train)
+
+
+def _add_tune(sub) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="search hyperparameters: Ray Tune + Optuna (TPE) + ASHA early stopping",
+        description="Run the experiment's search: OptunaSearch over the YAML search space, ASHA early stopping on "
+        "the objective, each trial a Ray Train DDP run. Writes <storage>/<name>/experiment.yaml, tune/ (trials, "
+        "checkpoints, TensorBoard events) and tune/results.parquet|csv. An existing experiment is never "
+        "overwritten: continue it with --resume.",
+        epilog="examples:\n  skintune tune --config experiments/demo.yaml\n"
+        "  skintune tune --config experiments/smoke.yaml --storage /tmp/results\n"
+        "  skintune tune --config experiments/demo.yaml --resume      # after a crash or Ctrl-C",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", required=True, type=Path, help="experiment YAML (see experiments/)")
+    p.add_argument("--storage", default=None, help="results folder or URI (overrides the YAML's storage)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
+    p.set_defaults(handler=_cmd_tune)
+
+
+def _add_tensorboard(sub) -> None:
+    p = sub.add_parser(
+        "tensorboard",
+        help="start TensorBoard on 127.0.0.1 for one experiment",
+        description="Start TensorBoard on 127.0.0.1 over <storage>/<experiment>: every trial's scalars, the "
+        "HParams dashboard, confusion matrices. Ctrl-C stops it.",
+        epilog="example:\n  skintune tensorboard --storage results --experiment demo --port 6006",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--storage", default="~/skintune-results", help="results folder (default ~/skintune-results)")
+    p.add_argument("--experiment", required=True, help="experiment name")
+    p.add_argument("--port", type=int, default=6006)
+    p.set_defaults(handler=_cmd_tensorboard)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skintune",
@@ -125,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_synth, _add_prepare):
+    for add in (_add_synth, _add_prepare, _add_train, _add_tune, _add_tensorboard):
         add(sub)
     return parser
 

@@ -1,0 +1,90 @@
+"""Loader benchmark: images/second from prepared shards vs decoding the original JPEGs every epoch.
+
+ISIC-sized originals (1024x768 JPEGs, made from the synthetic generator's images, upscaled with noise so they do
+not compress unrealistically well), 224 px output, the same training augmentation and the same number of
+DataLoader workers on both sides. Goal (issue 2): shards at least 5x faster.
+
+    python -m benchmarks.bench_loader [--n 256] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from benchmarks.common import timed, write_result
+from trainables.data.images import load_rgb, resize_shorter_side
+from trainables.data.loader import ShardDataset, build_transforms
+from trainables.data.prepare import PrepareOptions, prepare
+from trainables.data.synthetic import generate
+
+SIZE = 224
+
+
+class JpegDataset(Dataset):
+    """The baseline: decode and resize the original file on every access, as a naive pipeline does."""
+
+    def __init__(self, paths: list[Path], transform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        img = resize_shorter_side(load_rgb(self.paths[i]), SIZE)
+        return self.transform(v2.functional.pil_to_tensor(img)), 0, 0
+
+
+def _make_originals(root: Path, n: int) -> None:
+    generate(root, n=n, image_size=128, seed=0, progress=False)
+    rng = np.random.default_rng(0)
+    for path in sorted((root / "ISIC_2019_Training_Input").glob("*.jpg")):
+        big = np.asarray(Image.open(path).convert("RGB").resize((1024, 768), Image.Resampling.BICUBIC), np.float32)
+        big += rng.normal(0, 6, big.shape)
+        Image.fromarray(np.clip(big, 0, 255).astype(np.uint8)).save(path, quality=92)
+
+
+def _throughput(dataset: Dataset, workers: int, epochs: int) -> float:
+    loader = DataLoader(dataset, batch_size=32, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+    next(iter(loader))  # start the worker processes outside the timing
+    seconds, _ = timed(lambda: [None for _ in range(epochs) for _batch in loader])
+    return epochs * len(dataset) / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root, out = Path(tmp, "orig"), Path(tmp, "prepared")
+        _make_originals(root, args.n)
+        opts = PrepareOptions(format="isic2019", root=str(root), image_size=SIZE, val_fraction=0.0,
+                              test_fraction=0.0)
+        prepare_s, _ = timed(prepare, opts, out, progress=False)
+        transform = build_transforms(SIZE, (0.5,) * 3, (0.5,) * 3, train=True)
+        shards = ShardDataset(out, "train", transform)
+        paths = sorted((root / "ISIC_2019_Training_Input").glob("*.jpg"))
+        shard_ips = _throughput(shards, args.workers, args.epochs)
+        jpeg_ips = _throughput(JpegDataset(paths, transform), args.workers, args.epochs)
+    result = {
+        "images": args.n, "loader_workers": args.workers, "epochs": args.epochs, "original_size": [1024, 768],
+        "output_size": SIZE, "prepare_seconds": round(prepare_s, 2),
+        "shards_images_per_s": round(shard_ips, 1), "jpeg_images_per_s": round(jpeg_ips, 1),
+        "speedup": round(shard_ips / jpeg_ips, 2), "goal_speedup": 5.0,
+    }
+    write_result("loader", result)
+    print(result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Evaluate a two-head model on a whole split, exactly, across DDP ranks.
+
+Each rank predicts a disjoint slice of the split (rank, rank + world, ...: no padding, no duplicates), the
+per-image predictions are gathered on every rank, and the metrics are computed once over the whole split with
+scikit-learn. Ratios are never averaged per rank.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from trainables.metrics import confusion_matrix, lesion_metrics, site_metrics
+
+
+@dataclass
+class Predictions:
+    """Per-image outputs of one split, in dataset order."""
+
+    index: np.ndarray  # position in the dataset
+    lesion: np.ndarray  # true lesion class
+    site: np.ndarray  # true site, -1 = missing
+    lesion_probs: np.ndarray  # (n, n_lesion)
+    site_probs: np.ndarray | None  # (n, n_site) or None for a single-task model
+    loss: float  # mean total loss over the split
+
+
+def rank_slice(dataset: Dataset, rank: int, world: int) -> Subset:
+    return Subset(dataset, list(range(rank, len(dataset), world)))
+
+
+def _gather(parts: dict) -> list[dict]:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        out: list = [None] * dist.get_world_size()
+        dist.all_gather_object(out, parts)
+        return out
+    return [parts]
+
+
+@torch.no_grad()
+def predict(
+    model, loader: DataLoader, loss_fn, device, rank: int = 0, world: int = 1, autocast=None
+) -> Predictions:
+    """Run ``model`` over ``loader`` (built on :func:`rank_slice`) and gather the whole split on every rank."""
+    model.eval()
+    lesion_p, site_p, les, sit, loss_sum = [], [], [], [], 0.0
+    for images, lesion, site in loader:
+        images, lesion, site = images.to(device), lesion.to(device), site.to(device)
+        with autocast() if autocast else torch.autocast("cpu", enabled=False):
+            lesion_logits, site_logits = model(images)
+            losses = loss_fn(
+                lesion_logits.float(), None if site_logits is None else site_logits.float(), lesion, site
+            )
+        loss_sum += float(losses["loss"]) * len(lesion)
+        lesion_p.append(torch.softmax(lesion_logits.float(), 1).cpu())
+        if site_logits is not None:
+            site_p.append(torch.softmax(site_logits.float(), 1).cpu())
+        les.append(lesion.cpu())
+        sit.append(site.cpu())
+    n_local = sum(len(x) for x in les)
+    local = {
+        "index": np.arange(rank, rank + world * n_local, world)[:n_local],
+        "lesion": torch.cat(les).numpy() if les else np.zeros(0, np.int64),
+        "site": torch.cat(sit).numpy() if sit else np.zeros(0, np.int64),
+        "lesion_probs": torch.cat(lesion_p).numpy() if lesion_p else None,
+        "site_probs": torch.cat(site_p).numpy() if site_p else None,
+        "loss_sum": loss_sum,
+    }
+    parts = [p for p in _gather(local) if len(p["index"])]
+    order = np.argsort(np.concatenate([p["index"] for p in parts]))
+    stack = lambda key: np.concatenate([p[key] for p in parts])[order]  # noqa: E731
+    has_site = parts[0]["site_probs"] is not None
+    return Predictions(
+        index=stack("index"),
+        lesion=stack("lesion"),
+        site=stack("site"),
+        lesion_probs=stack("lesion_probs"),
+        site_probs=stack("site_probs") if has_site else None,
+        loss=sum(p["loss_sum"] for p in parts) / max(1, len(order)),
+    )
+
+
+def split_metrics(pred: Predictions, lesion_classes: list[str], prefix: str) -> tuple[dict, np.ndarray]:
+    """DESIGN.md metrics of one split (``<prefix>/lesion_bacc``...) and the lesion confusion matrix."""
+    metrics = {"loss": pred.loss, **lesion_metrics(pred.lesion, pred.lesion_probs, lesion_classes)}
+    if pred.site_probs is not None:
+        metrics.update(site_metrics(pred.site, pred.site_probs))
+    cm = confusion_matrix(pred.lesion, pred.lesion_probs.argmax(1), len(lesion_classes))
+    return {f"{prefix}/{k}": float(v) for k, v in metrics.items()}, cm

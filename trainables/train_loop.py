@@ -1,0 +1,313 @@
+"""The Ray Train worker function: DDP training of the two-head model, one ``ray.train.report`` per epoch.
+
+Runs on every Train worker (gloo on CPU, NCCL on GPU), for ``skintune train``, for every Tune trial and for every
+retrain seed. Plain PyTorch in fixed phases: set LR (per step), train epoch, evaluate, checkpoint, report.
+Resumes from ``ray.train.get_checkpoint()``; a non-finite loss ends the run with ``diverged = 1`` and the worst
+finite metric values (never a NaN to the searcher). GPU-only paths (bf16 autocast, channels_last, pinned memory,
+non-blocking copies) are guarded by the device type, so the CPU path is the one the tests run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import random
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.train.torch import get_device, prepare_data_loader, prepare_model
+from torch.utils.data import DataLoader
+from torch.utils.data.distributed import DistributedSampler
+
+from trainables.checkpoint import load_meta, load_train_state, load_weights, save_checkpoint, unwrap
+from trainables.config import TrainConfig, parse_train_config
+from trainables.data.loader import Augment, ShardDataset, build_transforms
+from trainables.data.prepare import load_info
+from trainables.evaluate import predict, rank_slice, split_metrics
+from trainables.losses import build_loss, class_weights
+from trainables.model import build_model, param_groups
+from trainables.pretrained import data_config
+from trainables.tensorboard import confusion_figure, log_config, log_hparams, open_writer
+
+DIVERGED_LOSS = 1.0e6  # what a diverged run reports for its losses: finite, and worse than any real run
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, built once by :func:`setup`."""
+
+    cfg: TrainConfig
+    info: dict
+    device: torch.device
+    rank: int
+    world: int
+    model: torch.nn.Module
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    writer: object
+    autocast: object  # a context-manager factory, or None on CPU
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up, then cosine decay to zero."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _loaders(
+    cfg: TrainConfig, info: dict, rank: int, world: int, on_gpu: bool
+) -> tuple[DataLoader, DataLoader]:
+    norm = data_config(cfg.backbone)
+    size = cfg.image_size or info["prepare_options"]["image_size"]
+    augment = Augment(cfg.aug_strength, cfg.crop_scale_min, cfg.hflip, cfg.rotation)
+    train_set = ShardDataset(
+        cfg.prepared,
+        "train",
+        build_transforms(size, norm["mean"], norm["std"], True, augment),
+        limit=cfg.limit_train,
+    )
+    val_set = ShardDataset(cfg.prepared, "val", build_transforms(size, norm["mean"], norm["std"], False))
+    common = dict(
+        num_workers=cfg.loader_workers, pin_memory=on_gpu, persistent_workers=cfg.loader_workers > 0
+    )
+    # Our own DistributedSampler (seeded by the run's seed); prepare_data_loader then only moves batches to device.
+    sampler = DistributedSampler(
+        train_set,
+        num_replicas=world,
+        rank=rank,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=len(train_set) >= 2 * world * cfg.batch_size,
+    )
+    train = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, **common)
+    val = DataLoader(rank_slice(val_set, rank, world), batch_size=2 * cfg.batch_size, **common)
+    return prepare_data_loader(train, add_dist_sampler=False), val
+
+
+def setup(cfg: TrainConfig, rank: int, world: int) -> Run:
+    random.seed(cfg.seed + rank)
+    np.random.seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
+    device = get_device()
+    on_gpu = device.type == "cuda"
+    info = load_info(cfg.prepared)
+    n_sites = len(info["site_classes"]) if cfg.multitask else 0
+    model = build_model(
+        cfg.backbone,
+        cfg.pretrained,
+        len(info["lesion_classes"]),
+        n_sites,
+        cfg.dropout,
+        weights_file=cfg.weights_file,
+    )
+    weights_source = model.weights_source
+    if on_gpu and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = prepare_model(model)
+    if cfg.compile:
+        model = torch.compile(model)
+    torch.manual_seed(cfg.seed + rank)  # augmentation randomness differs per rank
+    counts = list(info["counts"]["train"]["lesion"].values())
+    loss_fn = build_loss(
+        kind=cfg.lesion_loss,
+        multitask=cfg.multitask,
+        w_lesion=cfg.w_lesion,
+        w_site=cfg.w_site,
+        weighting=cfg.loss_weighting,
+        focal_gamma=cfg.focal_gamma,
+        label_smoothing=cfg.label_smoothing,
+        class_weights=class_weights(counts) if cfg.lesion_loss == "weighted_ce" else None,
+    ).to(device)
+    groups = param_groups(unwrap(model), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay)
+    if any(True for _ in loss_fn.parameters()):  # learned uncertainty weights train with the heads
+        groups.append({"params": list(loss_fn.parameters()), "lr": cfg.lr_head, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups)
+    train_loader, val_loader = _loaders(cfg, info, rank, world, on_gpu)
+    steps = max(1, len(train_loader))
+    schedule = functools.partial(
+        lr_factor, warmup_steps=round(cfg.warmup_epochs * steps), total_steps=cfg.epochs * steps
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    writer = open_writer(cfg.tensorboard_dir, rank)
+    log_config(writer, cfg.model_dump(), weights_source)
+    autocast = (
+        functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
+        if (on_gpu and cfg.amp != "off")
+        else None
+    )
+    unwrap(model).weights_source = weights_source
+    return Run(
+        cfg,
+        info,
+        device,
+        rank,
+        world,
+        model,
+        loss_fn,
+        optimizer,
+        scheduler,
+        train_loader,
+        val_loader,
+        writer,
+        autocast,
+    )
+
+
+def _all_sum(values: list[float], device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def train_epoch(run: Run, epoch: int, on_first_step=None) -> dict:
+    run.model.train()
+    run.train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss, lesion, site, images
+    steps = len(run.train_loader)
+    for i, (images, lesion, site) in enumerate(run.train_loader):
+        if on_first_step is not None and i == 0:
+            on_first_step()
+        if run.device.type == "cuda" and run.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with run.autocast() if run.autocast else contextlib.nullcontext():
+            lesion_logits, site_logits = run.model(images)
+        out = run.loss_fn(
+            lesion_logits.float(), None if site_logits is None else site_logits.float(), lesion, site
+        )
+        run.optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        if run.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+        run.optimizer.step()
+        run.scheduler.step()
+        n = len(lesion)
+        values = [float(out[k].detach()) for k in ("loss", "loss_lesion", "loss_site")]
+        for k, v in enumerate(values):
+            sums[k] += v * n
+        sums[3] += n
+        step = epoch * steps + i
+        for name, v in zip(("train/loss", "train/loss_lesion", "train/loss_site"), values, strict=True):
+            run.writer.add_scalar(name, v, step)
+        run.writer.add_scalar("lr", run.scheduler.get_last_lr()[0], step)
+    total = _all_sum(sums, run.device)
+    n = max(total[3], 1.0)
+    return {
+        "train/loss": total[0] / n,
+        "train/loss_lesion": total[1] / n,
+        "train/loss_site": total[2] / n,
+        "lr": run.scheduler.get_last_lr()[0],
+    }
+
+
+def diverged_metrics(train: dict, lesion_classes: list[str], multitask: bool) -> dict:
+    """Worst finite values for every metric of a diverged run."""
+    metrics = {k: DIVERGED_LOSS for k in train if k.endswith("loss") or "/loss_" in k}
+    metrics.update(
+        {"val/loss": DIVERGED_LOSS, "val/lesion_bacc": 0.0, "val/lesion_auc": 0.0, "val/lesion_acc": 0.0}
+    )
+    metrics.update({f"val/recall/{c}": 0.0 for c in lesion_classes})
+    if multitask:
+        metrics.update({"val/site_acc": 0.0, "val/site_bacc": 0.0})
+    return metrics
+
+
+def _resume(run: Run) -> tuple[int, dict]:
+    """Load the latest checkpoint, if any: returns the first epoch still to run and the last metrics."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0, {}
+    with checkpoint.as_directory() as directory:
+        load_weights(directory, run.model)
+        state = load_train_state(directory)
+        meta = load_meta(directory)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.loss_fn.load_state_dict(state["loss"])
+    return int(state["epoch"]) + 1, meta["metrics"]
+
+
+def _report(run: Run, metrics: dict, epoch: int) -> None:
+    state = {
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "loss": run.loss_fn.state_dict(),
+        "epoch": epoch,
+    }
+    meta = {
+        "config": run.cfg.model_dump(),
+        "epoch": epoch,
+        "metrics": metrics,
+        "lesion_classes": run.info["lesion_classes"],
+        "site_classes": run.info["site_classes"],
+        "weights_source": unwrap(run.model).weights_source,
+        "dataset_fingerprint": run.info["fingerprint"],
+    }
+    with tempfile.TemporaryDirectory(prefix="skintune-ckpt-") as tmp:
+        checkpoint = None
+        if run.rank == 0:
+            checkpoint = ray.train.Checkpoint.from_directory(
+                str(save_checkpoint(tmp, run.model, state, meta))
+            )
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_worker(config: dict) -> None:
+    """Entry point of every Train worker; ``config`` is a plain dict of :class:`TrainConfig` fields."""
+    started = time.perf_counter()
+    cfg = parse_train_config(config)
+    ctx = ray.train.get_context()
+    run = setup(cfg, ctx.get_world_rank(), ctx.get_world_size())
+    start_epoch, metrics = _resume(run)
+    if start_epoch >= cfg.epochs:  # all done before a restart: report again, Tune's state may lag (ray.md)
+        ray.train.report(metrics)
+        return
+    first_step: dict = {}
+    classes = run.info["lesion_classes"]
+    for epoch in range(start_epoch, cfg.epochs):
+        # -- train one epoch (the LR is set per step by the scheduler)
+        train = train_epoch(run, epoch, lambda: first_step.setdefault("s", time.perf_counter() - started))
+        # -- a non-finite loss ends the run, reported with finite worst values
+        if not all(math.isfinite(v) for v in train.values()):
+            metrics = {
+                **diverged_metrics(train, classes, cfg.multitask),
+                "epoch": epoch + 1,
+                "diverged": 1.0,
+                "lr": train["lr"] if math.isfinite(train["lr"]) else 0.0,
+            }
+            run.writer.add_text(
+                "diverged", f"non-finite training loss in epoch {epoch + 1}; run stopped", epoch
+            )
+            ray.train.report(metrics)
+            break
+        # -- evaluate on the whole validation split (gathered across ranks)
+        pred = predict(run.model, run.val_loader, run.loss_fn, run.device, run.rank, run.world, run.autocast)
+        val, cm = split_metrics(pred, classes, "val")
+        metrics = {
+            **train,
+            **val,
+            "epoch": epoch + 1,
+            "diverged": 0.0,
+            "first_step_s": first_step.get("s", 0.0),
+        }
+        for name, value in val.items():
+            run.writer.add_scalar(name, value, epoch + 1)
+        if run.rank == 0:
+            run.writer.add_figure(
+                "val/confusion_matrix", confusion_figure(cm, classes, f"epoch {epoch + 1}"), epoch + 1
+            )
+        # -- checkpoint (rank 0) and report (every rank: it is a barrier)
+        _report(run, metrics, epoch)
+    log_hparams(run.writer, cfg.model_dump(), metrics)
+    run.writer.close()

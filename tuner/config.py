@@ -1,0 +1,137 @@
+"""The experiment YAML (DESIGN.md, "Experiment config"): typed once at the edge, every error reported together.
+
+Relative paths in the YAML (``data.root``, ``data.prepared``, ``storage``) are relative to the current working
+directory; ``~`` is expanded. ``storage`` may also be a URI (``s3://bucket/prefix``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainables.config import TrainConfig, format_validation_error
+from trainables.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class SynthSection(_Strict):
+    """Generate the synthetic dataset into ``data.root`` first (when it is not there yet)."""
+
+    n: int = Field(2000, ge=16)
+    image_size: int = Field(128, ge=32)
+    seed: int = 0
+
+
+class DataSection(_Strict):
+    format: str = "isic2019"
+    root: str
+    options: dict = Field(default_factory=dict)
+    image_size: int = Field(224, ge=16)
+    quality: int = Field(90, ge=50, le=100)
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    seed: int = 0
+    official_split: bool = False
+    prepared: str | None = Field(None, description="where prepared shards go; default <storage>/<name>/prepared")
+    synth: SynthSection | None = None
+
+
+class TuneSection(_Strict):
+    num_samples: int = Field(16, ge=1)
+    max_concurrent_trials: int | None = Field(None, ge=1, description="default: what the cluster can hold")
+    max_epochs: int = Field(10, ge=1)
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(3.0, gt=1.0)
+    scheduler: Literal["asha", "none"] = "asha"
+    metric: str = "val/lesion_bacc"
+    mode: Literal["max", "min"] = "max"
+    sampler: Literal["tpe", "random", "qmc"] = "tpe"
+    seed: int = 0
+    study_storage: str | None = Field(None, description="Optuna RDB URL, e.g. sqlite:///study.db")
+    max_failures: int = Field(1, ge=0, description="retries of a failed trial")
+    worker_max_failures: int = Field(2, ge=0, description="worker-group restarts inside a trial")
+    keep_checkpoints: int = Field(2, ge=1)
+
+    @model_validator(mode="after")
+    def _grace_within_budget(self):
+        if self.grace_period > self.max_epochs:
+            raise ValueError(f"grace_period ({self.grace_period}) must not exceed max_epochs ({self.max_epochs})")
+        return self
+
+
+class TrainSection(TrainConfig):
+    """Base settings of every trial: TrainConfig fields plus how many workers and which devices."""
+
+    workers_per_trial: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0.0)
+    use_gpu: bool | Literal["auto"] = "auto"
+
+    def train_config(self) -> dict:
+        return self.model_dump(exclude={"workers_per_trial", "cpus_per_worker", "use_gpu"})
+
+
+class RetrainSection(_Strict):
+    seeds: int = Field(3, ge=1)
+
+
+class ExperimentConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    storage: str = "~/skintune-results"
+    data: DataSection
+    search_space: str = "mtl"
+    tune: TuneSection = Field(default_factory=TuneSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    retrain: RetrainSection = Field(default_factory=RetrainSection)
+
+    @property
+    def experiment_dir(self) -> str:
+        return join_storage(self.storage, self.name)
+
+    @property
+    def prepared_dir(self) -> str:
+        return self.data.prepared or join_storage(self.experiment_dir, "prepared")
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
+def resolve_storage(path: str) -> str:
+    """An absolute local path, or the URI unchanged (Ray Train needs one of the two)."""
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
+
+
+def join_storage(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts]) if is_uri(base) else str(Path(base, *parts))
+
+
+def load_experiment(path: str | Path, storage: str | None = None) -> ExperimentConfig:
+    """Read and validate an experiment YAML; ``storage`` (from ``--storage``) overrides the file's."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such experiment file (the shipped ones are in experiments/)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{line}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a mapping with keys name, data, tune, train...")
+    if storage:
+        data["storage"] = storage
+    try:
+        exp = ExperimentConfig(**data)
+    except ValidationError as exc:
+        raise UserError(f"{path}: {format_validation_error(exc)}") from None
+    exp.storage = resolve_storage(exp.storage)
+    exp.data.root = str(Path(exp.data.root).expanduser().resolve())
+    if exp.data.prepared:
+        exp.data.prepared = resolve_storage(exp.data.prepared)
+    return exp
