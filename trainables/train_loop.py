@@ -270,7 +270,8 @@ def train_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     run = setup(cfg, ctx.get_world_rank(), ctx.get_world_size())
     start_epoch, metrics = _resume(run)
-    if start_epoch >= cfg.epochs:  # all done before a restart: report again, Tune's state may lag (ray.md)
+    if start_epoch >= cfg.epochs or metrics.get("diverged"):
+        # finished (or diverged) before a restart: report again, Tune's state may lag (ray.md)
         ray.train.report(metrics)
         return
     first_step: dict = {}
@@ -289,7 +290,7 @@ def train_worker(config: dict) -> None:
             run.writer.add_text(
                 "diverged", f"non-finite training loss in epoch {epoch + 1}; run stopped", epoch
             )
-            ray.train.report(metrics)
+            _report(run, metrics, epoch)  # checkpointed too: a restart sees the verdict, and it ranks last
             break
         # -- evaluate on the whole validation split (gathered across ranks)
         pred = predict(run.model, run.val_loader, run.loss_fn, run.device, run.rank, run.world, run.autocast)
