@@ -95,6 +95,21 @@ def _loaders(
     return prepare_data_loader(train, add_dist_sampler=False), val
 
 
+def make_loss(cfg: TrainConfig, info: dict) -> torch.nn.Module:
+    """The run's loss from its config; class weights come from the training split's counts."""
+    counts = list(info["counts"]["train"]["lesion"].values())
+    return build_loss(
+        kind=cfg.lesion_loss,
+        multitask=cfg.multitask,
+        w_lesion=cfg.w_lesion,
+        w_site=cfg.w_site,
+        weighting=cfg.loss_weighting,
+        focal_gamma=cfg.focal_gamma,
+        label_smoothing=cfg.label_smoothing,
+        class_weights=class_weights(counts) if cfg.lesion_loss == "weighted_ce" else None,
+    )
+
+
 def setup(cfg: TrainConfig, rank: int, world: int) -> Run:
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
@@ -118,17 +133,7 @@ def setup(cfg: TrainConfig, rank: int, world: int) -> Run:
     if cfg.compile:
         model = torch.compile(model)
     torch.manual_seed(cfg.seed + rank)  # augmentation randomness differs per rank
-    counts = list(info["counts"]["train"]["lesion"].values())
-    loss_fn = build_loss(
-        kind=cfg.lesion_loss,
-        multitask=cfg.multitask,
-        w_lesion=cfg.w_lesion,
-        w_site=cfg.w_site,
-        weighting=cfg.loss_weighting,
-        focal_gamma=cfg.focal_gamma,
-        label_smoothing=cfg.label_smoothing,
-        class_weights=class_weights(counts) if cfg.lesion_loss == "weighted_ce" else None,
-    ).to(device)
+    loss_fn = make_loss(cfg, info).to(device)
     groups = param_groups(unwrap(model), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay)
     if any(True for _ in loss_fn.parameters()):  # learned uncertainty weights train with the heads
         groups.append({"params": list(loss_fn.parameters()), "lr": cfg.lr_head, "weight_decay": 0.0})

@@ -88,6 +88,32 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     print(f"TensorBoard: skintune tensorboard --storage {exp.storage} --experiment {exp.name}")
 
 
+def _experiment(args: argparse.Namespace):
+    """The resolved experiment.yaml of ``--experiment`` under ``--storage``."""
+    from tuner.config import join_storage, load_experiment
+
+    path = Path(join_storage(str(Path(args.storage).expanduser()), args.experiment), "experiment.yaml")
+    if not path.exists():
+        raise UserError(f"{path} not found: no experiment {args.experiment!r} under {args.storage} "
+                        "(check --storage and --experiment, or run `skintune tune` first)")
+    return load_experiment(path)
+
+
+def _cmd_retrain(args: argparse.Namespace) -> None:
+    from tuner.retrain import run_retrain
+
+    exp = _experiment(args)
+    baseline_exp = None
+    if args.baseline_experiment:
+        baseline_exp = _experiment(argparse.Namespace(storage=args.storage, experiment=args.baseline_experiment))
+    table = run_retrain(exp, seeds=args.seeds, baseline=args.baseline, baseline_exp=baseline_exp)
+    summary = table.groupby("arm")["test/lesion_bacc"].agg(["mean", "std", "count"])
+    for arm, row in summary.iterrows():
+        print(f"retrain: {arm:<11} test/lesion_bacc {row['mean']:.3f} +- {row['std']:.3f} "
+              f"over {int(row['count'])} seed(s)")
+    print(f"next: skintune compare --storage {args.storage} --experiment {exp.name}")
+
+
 def _cmd_tensorboard(args: argparse.Namespace) -> None:
     from tuner.tensorboard_server import serve
 
@@ -203,6 +229,30 @@ def _add_tensorboard(sub) -> None:
     p.set_defaults(handler=_cmd_tensorboard)
 
 
+def _add_retrain(sub) -> None:
+    p = sub.add_parser(
+        "retrain",
+        help="retrain the best configuration with K seeds, and the single-task baseline with the same seeds",
+        description="Retrain the search's best configuration from scratch with K seeds and the single-task "
+        "baseline with the same seeds, data, schedule and epochs; evaluate both on the held-out test split "
+        "(metrics + per-image predictions). Finished runs are skipped, so a rerun continues.",
+        epilog="examples:\n  skintune retrain --storage results --experiment demo --seeds 3\n"
+        "  skintune retrain --experiment isic2019-mtl --baseline tuned --baseline-experiment isic2019-st",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_experiment_args(p)
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: retrain.seeds of the YAML)")
+    p.add_argument("--baseline", choices=["ablation", "tuned"], default="ablation",
+                   help="ablation: best config minus the site task (default); tuned: best single-task trial")
+    p.add_argument("--baseline-experiment", default=None, help="the single-task search for --baseline tuned")
+    p.set_defaults(handler=_cmd_retrain)
+
+
+def _add_experiment_args(p) -> None:
+    p.add_argument("--storage", default="~/skintune-results", help="results folder (default ~/skintune-results)")
+    p.add_argument("--experiment", required=True, help="experiment name (the YAML's name:)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="skintune",
@@ -213,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_synth, _add_prepare, _add_train, _add_tune, _add_tensorboard):
+    for add in (_add_synth, _add_prepare, _add_train, _add_tune, _add_retrain, _add_tensorboard):
         add(sub)
     return parser
 

@@ -21,6 +21,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, min_cpus: 
     address = address or os.environ.get("RAY_ADDRESS")
     env = {"env_vars": {"PYTHONWARNINGS": "ignore::DeprecationWarning"}}
     if address:
+        # Ray's own helper actors (e.g. Train's placement-group cleaner) then find this cluster even when
+        # several Ray instances run on one machine.
+        env["env_vars"]["RAY_ADDRESS"] = address
         ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)
     else:
         cpus = num_cpus or max(os.cpu_count() or 1, min_cpus)

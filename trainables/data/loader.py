@@ -61,13 +61,14 @@ class ShardDataset(Dataset):
         if not files:
             raise UserError(f"{prepared}: no shards for split {split!r}; rerun `skintune prepare`")
         table = pa.concat_tables(
-            pq.read_table(f, columns=["image", "lesion", "site"]) for f in files
+            pq.read_table(f, columns=["image_id", "image", "lesion", "site"]) for f in files
         ).combine_chunks()
         if limit is not None:
             table = table.slice(0, limit)
         self.images = table.column("image").chunk(0) if table.num_rows else pa.array([], pa.binary())
         self.lesion = table.column("lesion").to_numpy().astype(np.int64)
         self.site = table.column("site").to_numpy().astype(np.int64)
+        self.image_ids = table.column("image_id").to_pylist()
         self.transform = transform
         self.split = split
 

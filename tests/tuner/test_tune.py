@@ -1,0 +1,136 @@
+"""skintune tune on a real local Ray: OptunaSearch + ASHA, results table, TensorBoard server, kill and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from trainables.errors import UserError
+from tuner.tensorboard_server import command
+from tuner.tune_run import check_start, run_tune, tune_dir
+
+pytestmark = pytest.mark.ray
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str, timeout: float = 60.0):
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _trial_dirs(exp) -> list[Path]:
+    return sorted(p for p in Path(tune_dir(exp)).glob("trial_driver_*") if p.is_dir())
+
+
+def test_search_with_early_stopping_table_and_tensorboard(ray_cluster, make_experiment):
+    # val/loss (continuous) as the objective so that ASHA can tell trials apart after one epoch
+    exp = make_experiment("search", tune={"num_samples": 5, "max_epochs": 3, "grace_period": 1,
+                                          "reduction_factor": 2, "metric": "val/loss", "mode": "min"})
+    _, table = run_tune(exp)
+
+    saved = pd.read_parquet(Path(tune_dir(exp), "results.parquet"))
+    assert len(saved) == len(table) == 5 and Path(tune_dir(exp), "results.csv").exists()
+    assert {"param/w_site", "param/lr_head", "param/lesion_loss", "param/backbone"} <= set(saved.columns)
+    assert saved["param/lr_head"].notna().all() and saved["param/w_site"].between(0, 2).all()
+    focal = saved["param/lesion_loss"] == "focal"
+    assert saved.loc[focal, "param/focal_gamma"].notna().all() and saved.loc[~focal, "param/focal_gamma"].isna().all()
+    assert (saved["status"] != "error").all() and (saved["epochs"] >= 1).all()
+    stopped = saved[saved["status"] == "stopped_early"]
+    assert len(stopped) >= 1 and (stopped["epochs"] < 3).all()
+    # a trial that started after an early stop still got its resources and ran
+    order = saved.sort_values("trial_path")
+    assert order["epochs"].iloc[-1] >= 1
+    assert saved["checkpoint_path"].map(lambda p: Path(p, "model.safetensors").exists()).all()
+    resolved = yaml.safe_load(Path(exp.experiment_dir, "experiment.yaml").read_text())
+    assert resolved["tune"]["num_samples"] == 5 and resolved["name"] == "search"
+
+    # an existing experiment is never overwritten
+    with pytest.raises(UserError, match="--resume"):
+        check_start(exp, resume=False)
+
+    # every trial has event files, served by a real TensorBoard on a loopback port
+    trials = _trial_dirs(exp)
+    assert len(trials) == 5 and all(list(t.glob("events.out.tfevents.*")) for t in trials)
+    port = _free_port()
+    cmd = command(exp.storage, exp.name, port) + ["--reload_interval", "1"]
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while True:
+            tags = _get_json(f"http://127.0.0.1:{port}/data/plugin/scalars/tags")
+            runs = {run: set(t) for run, t in tags.items() if "trial_driver_" in run}
+            if len(runs) == 5 and all("val/lesion_bacc" in t for t in runs.values()) or time.time() > deadline:
+                break
+            time.sleep(1)
+        assert len(runs) == 5
+        for run, run_tags in runs.items():
+            assert {"val/lesion_bacc", "train/loss", "ray/tune/val/loss"} <= run_tags, run
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _progress_rows(trial: Path) -> int:
+    path = trial / "progress.csv"
+    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
+
+
+def test_resume_after_driver_sigkill(ray_cluster, make_experiment, tmp_path):
+    exp = make_experiment("killed", tune={"num_samples": 4, "max_epochs": 2, "scheduler": "none"})
+    config = tmp_path / "killed.yaml"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tuner.cli", "tune", "--config", str(config)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    try:
+        # kill when the first trial has finished and the second is running
+        while time.time() < deadline:
+            trials = _trial_dirs(exp)
+            done = [t for t in trials if _progress_rows(t) >= 2]
+            if done and len(trials) >= 2:
+                break
+            assert driver.poll() is None, "the driver ended before it could be killed"
+            time.sleep(0.5)
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    finished_before = {t.name: t.joinpath("progress.csv").read_text() for t in done}
+    assert finished_before and not Path(tune_dir(exp), "results.parquet").exists()
+
+    _, table = run_tune(exp, resume=True)
+    assert len(table) == 4 and (table["status"] == "completed").all() and (table["epochs"] == 2).all()
+    trials = _trial_dirs(exp)
+    assert len(trials) == 4  # no trial started twice
+    for name, rows in finished_before.items():  # finished trials kept, not re-run
+        assert (Path(tune_dir(exp)) / name / "progress.csv").read_text() == rows
+    assert all(_progress_rows(t) >= 2 for t in trials)
+
+    with pytest.raises(UserError, match="no experiment to resume"):
+        check_start(make_experiment("never-ran"), resume=True)

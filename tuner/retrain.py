@@ -1,0 +1,139 @@
+"""``skintune retrain``: the best configuration from scratch with K seeds, and the single-task baseline.
+
+Both arms get the same seeds, data, schedule and epochs; the baseline is the same configuration minus the
+site task (``--baseline ablation``, the default) or the best trial of a separate single-task search
+(``--baseline tuned --baseline-experiment NAME``), so both sides had equal tuning effort. Each run is a Ray
+Train run; runs go in parallel when the cluster has room. The best epoch (by the validation objective) is then
+evaluated on the held-out test split. Layout under ``<storage>/<experiment>/retrain/``::
+
+    summary.json                         baseline kind, best trial, seeds, configs, commands
+    <arm>/seed_<k>/run/                  the Ray Train run (checkpoints)
+    <arm>/seed_<k>/predictions.parquet   per test image: image_id, lesion, site, lesion_probs, site_probs
+    <arm>/seed_<k>/metrics.json          val metrics of the chosen epoch, test/* metrics, checkpoint, wall time
+
+A finished run (its metrics.json exists) is skipped, so an interrupted retrain continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+import ray
+
+from trainables.errors import UserError
+from tuner.config import ExperimentConfig, join_storage
+from tuner.results import read_results
+from tuner.tune_run import DRIVER_CPU, max_concurrent, tune_dir
+
+ARMS = ("mtl", "single_task")
+
+
+def best_params(exp: ExperimentConfig) -> tuple[str, dict]:
+    """The best usable trial of ``exp``'s search: ``(trial_id, sampled parameters)``."""
+    path = Path(tune_dir(exp), "results.parquet")
+    if not path.exists():
+        raise UserError(f"{path} not found: run `skintune tune --config ...` for experiment {exp.name!r} first")
+    table = read_results(tune_dir(exp))
+    usable = table[table["status"].isin(["completed", "stopped_early"]) & table["best_objective"].notna()]
+    if usable.empty:
+        raise UserError(f"{path}: no trial finished without error or divergence; nothing to retrain")
+    ascending = exp.tune.mode == "min"
+    best = usable.sort_values("best_objective", ascending=ascending).iloc[0]
+    params = {k.removeprefix("param/"): _plain(v) for k, v in best.items() if k.startswith("param/") and _set(v)}
+    return str(best["trial_id"]), params
+
+
+def _set(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else value
+
+
+def arm_configs(exp: ExperimentConfig, prepared: str, baseline: str, baseline_exp: ExperimentConfig | None):
+    trial_id, params = best_params(exp)
+    mtl = {**exp.train.train_config(), **params, "prepared": prepared, "epochs": exp.tune.max_epochs}
+    if baseline == "tuned":
+        if baseline_exp is None:
+            raise UserError("--baseline tuned needs --baseline-experiment NAME (a search run with single_task.yaml)")
+        _, single_params = best_params(baseline_exp)
+        single = {**baseline_exp.train.train_config(), **single_params, "prepared": prepared,
+                  "epochs": exp.tune.max_epochs, "multitask": False}
+    else:
+        single = {**mtl, "multitask": False}
+    return trial_id, {"mtl": mtl, "single_task": single}
+
+
+def _fit_and_evaluate(config: dict, exp_dump: dict, run_dir: str, use_gpu: bool, arm: str, seed: int) -> dict:
+    """One retrain run (a Ray task on the driver's node): fit, pick the best epoch, evaluate on test."""
+    from trainables.test_eval import evaluate_checkpoint
+    from tuner.train_run import make_trainer
+
+    exp = ExperimentConfig(**exp_dump)
+    started = time.time()
+    config = {**config, "tensorboard_dir": join_storage(run_dir, "tensorboard")}
+    result = make_trainer(config, exp, "run", run_dir, use_gpu).fit()
+    if result.error is not None:
+        raise RuntimeError(f"retrain {arm} seed {seed} failed: {result.error}")
+    sign = 1 if exp.tune.mode == "max" else -1
+    checkpoint, val = max(result.best_checkpoints, key=lambda cm: sign * cm[1].get(exp.tune.metric, -math.inf))
+    test, predictions = evaluate_checkpoint(checkpoint.path, "test")
+    predictions.to_parquet(Path(run_dir, "predictions.parquet"), index=False)
+    metrics = {"arm": arm, "seed": seed, "epochs": int(val.get("epoch", 0)), "checkpoint": checkpoint.path,
+               "val": {k: v for k, v in val.items() if k.startswith("val/")}, "test": test,
+               "diverged": bool(val.get("diverged", 0)), "wall_s": time.time() - started}
+    tmp = Path(run_dir, "metrics.json.tmp")
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, Path(run_dir, "metrics.json"))  # written last: its presence means "done"
+    return metrics
+
+
+def run_retrain(exp: ExperimentConfig, seeds: int | None = None, baseline: str = "ablation",
+                baseline_exp: ExperimentConfig | None = None) -> pd.DataFrame:
+    """Retrain both arms over the seeds (skipping finished runs); returns one row per arm x seed."""
+    from tuner.data_step import ensure_data
+    from tuner.ray_runtime import init_ray, use_gpu
+
+    prepared = ensure_data(exp)
+    trial_id, configs = arm_configs(exp, prepared, baseline, baseline_exp)
+    seed_list = list(range(seeds or exp.retrain.seeds))
+    root = Path(exp.experiment_dir, "retrain")
+    resources = init_ray(min_cpus=math.ceil(exp.train.workers_per_trial * exp.train.cpus_per_worker + DRIVER_CPU))
+    gpu = use_gpu(exp.train.use_gpu)
+    root.mkdir(parents=True, exist_ok=True)
+    summary = {"baseline_kind": baseline, "best_trial": trial_id, "seeds": seed_list, "objective": exp.tune.metric,
+               "config": configs["mtl"], "baseline_config": configs["single_task"], "gpu": gpu,
+               "baseline_experiment": baseline_exp.name if baseline_exp else None,
+               "workers_per_run": exp.train.workers_per_trial}
+    (root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+
+    task = ray.remote(_fit_and_evaluate).options(num_cpus=DRIVER_CPU)
+    todo, rows = [], []
+    for seed in seed_list:
+        for arm in ARMS:
+            run_dir = root / arm / f"seed_{seed}"
+            done = run_dir / "metrics.json"
+            if done.exists():
+                rows.append(json.loads(done.read_text()))
+            else:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                todo.append(({**configs[arm], "seed": seed}, str(run_dir), arm, seed))
+    limit = max_concurrent(exp, resources, gpu)
+    pending: list = []
+    total = len(todo) + len(rows)
+    while todo or pending:
+        while todo and len(pending) < limit:
+            config, run_dir, arm, seed = todo.pop(0)
+            pending.append(task.remote(config, exp.model_dump(), run_dir, gpu, arm, seed))
+        ready, pending = ray.wait(pending, num_returns=1)
+        row = ray.get(ready[0])
+        rows.append(row)
+        print(f"retrain: {len(rows)}/{total} runs done ({row['arm']} seed {row['seed']}: "
+              f"test/lesion_bacc {row['test'].get('test/lesion_bacc', float('nan')):.3f})", flush=True)
+    return pd.DataFrame([{"arm": r["arm"], "seed": r["seed"], **r["test"]} for r in rows])
