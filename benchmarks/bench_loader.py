@@ -68,8 +68,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root, out = Path(tmp, "orig"), Path(tmp, "prepared")
         _make_originals(root, args.n)
-        opts = PrepareOptions(format="isic2019", root=str(root), image_size=SIZE, val_fraction=0.0,
-                              test_fraction=0.0)
+        opts = PrepareOptions(format="isic2019", root=str(root), image_size=SIZE, val_fraction=0.0, test_fraction=0.0)
         prepare_s, _ = timed(prepare, opts, out, progress=False)
         transform = build_transforms(SIZE, (0.5,) * 3, (0.5,) * 3, train=True)
         shards = ShardDataset(out, "train", transform)
@@ -77,10 +76,16 @@ def main() -> None:
         shard_ips = _throughput(shards, args.workers, args.epochs)
         jpeg_ips = _throughput(JpegDataset(paths, transform), args.workers, args.epochs)
     result = {
-        "images": args.n, "loader_workers": args.workers, "epochs": args.epochs, "original_size": [1024, 768],
-        "output_size": SIZE, "prepare_seconds": round(prepare_s, 2),
-        "shards_images_per_s": round(shard_ips, 1), "jpeg_images_per_s": round(jpeg_ips, 1),
-        "speedup": round(shard_ips / jpeg_ips, 2), "goal_speedup": 5.0,
+        "images": args.n,
+        "loader_workers": args.workers,
+        "epochs": args.epochs,
+        "original_size": [1024, 768],
+        "output_size": SIZE,
+        "prepare_seconds": round(prepare_s, 2),
+        "shards_images_per_s": round(shard_ips, 1),
+        "jpeg_images_per_s": round(jpeg_ips, 1),
+        "speedup": round(shard_ips / jpeg_ips, 2),
+        "goal_speedup": 5.0,
     }
     write_result("loader", result)
     print(result)

@@ -188,9 +188,7 @@ class _StrictLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -248,9 +246,7 @@ def _check_param(name, spec, where, problems, earlier: dict[str, Param], names: 
     for key in spec:
         if key not in KEYS[kind]:
             allowed = ", ".join(sorted(KEYS[kind]))
-            problems.append(
-                f"{where}: unknown key {key!r}{_hint(key, KEYS[kind])} (type {kind} allows {allowed})"
-            )
+            problems.append(f"{where}: unknown key {key!r}{_hint(key, KEYS[kind])} (type {kind} allows {allowed})")
     role = _check_role(kind, spec.get("role"), where, problems)
     fields: dict[str, Any] = {}
     if kind in ("float", "int"):
@@ -276,9 +272,7 @@ def _check_role(kind: str, role: Any, where: str, problems: list[str]) -> str:
     if role is None:
         problems.append(f"{where}: missing role (scientific or nuisance)")
     elif role not in ROLES:
-        problems.append(
-            f"{where}.role: unknown role {role!r}{_hint(role, ROLES)} (one of {', '.join(ROLES)})"
-        )
+        problems.append(f"{where}.role: unknown role {role!r}{_hint(role, ROLES)} (one of {', '.join(ROLES)})")
     elif role == "fixed":
         problems.append(f"{where}.role: role fixed needs type fixed with a value (got type {kind})")
     return str(role)
@@ -292,12 +286,8 @@ def _check_range(kind: str, spec: dict, where: str, problems: list[str]) -> dict
             v = float(v) if _FLOAT.match(v) else v  # PyYAML reads 1e-5 (no dot) as a string
         if v is None and key != "step":
             problems.append(f"{where}: missing {key}")
-        elif v is not None and (
-            isinstance(v, bool) or not isinstance(v, int if kind == "int" else (int, float))
-        ):
-            problems.append(
-                f"{where}.{key}: must be {'an integer' if kind == 'int' else 'a number'} (got {v!r})"
-            )
+        elif v is not None and (isinstance(v, bool) or not isinstance(v, int if kind == "int" else (int, float))):
+            problems.append(f"{where}.{key}: must be {'an integer' if kind == 'int' else 'a number'} (got {v!r})")
         else:
             out[key] = v
     low, high, step, log = out.get("low"), out.get("high"), out.get("step"), out["log"]
@@ -314,9 +304,7 @@ def _check_range(kind: str, spec: dict, where: str, problems: list[str]) -> dict
     elif step is not None and low is not None and high is not None and low <= high:
         n = (high - low) / step
         if abs(n - round(n)) > 1e-9 * max(1.0, abs(n)):
-            problems.append(
-                f"{where}: high - low must be a multiple of step (got low={low}, high={high}, step={step})"
-            )
+            problems.append(f"{where}: high - low must be a multiple of step (got low={low}, high={high}, step={step})")
     if kind == "float":
         out = {k: float(v) if k != "log" and v is not None else v for k, v in out.items()}
     return out
@@ -340,9 +328,7 @@ def _check_choices(choices: Any, where: str, problems: list[str]) -> tuple[Any, 
     return tuple(choices)
 
 
-def _check_refs(
-    spec: dict, key: str, name: str, problems: list[str], earlier: dict[str, Param], names
-) -> tuple:
+def _check_refs(spec: dict, key: str, name: str, problems: list[str], earlier: dict[str, Param], names) -> tuple:
     """Check ``when: {param: values}`` or ``scale_by: {param: {choice: factor}}`` (earlier categoricals)."""
     raw, where = spec.get(key), f"params.{name}.{key}"
     if raw is None:
@@ -357,9 +343,7 @@ def _check_refs(
             if ref not in names:
                 problems.append(f"{at}: unknown parameter {ref!r}{_hint(ref, names)}")
             elif names.index(ref) >= names.index(name):
-                problems.append(
-                    f"{at}: {ref} must be defined before {name} (params are sampled in file order)"
-                )
+                problems.append(f"{at}: {ref} must be defined before {name} (params are sampled in file order)")
             continue  # else ref is itself invalid, already reported
         if target.type != "categorical":
             problems.append(f"{at}: {ref} is a {target.type} parameter, but {key} needs a categorical one")

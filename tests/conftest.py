@@ -31,8 +31,14 @@ def ray_cluster():
     # Ray workers must import test modules that define worker functions.
     os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
     temp = tempfile.mkdtemp(prefix="st-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
-    ray.init(num_cpus=3, include_dashboard=True, dashboard_host="127.0.0.1", _temp_dir=temp,
-             logging_level=logging.WARNING, log_to_driver=False)
+    ray.init(
+        num_cpus=3,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        _temp_dir=temp,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)

@@ -64,6 +64,4 @@ def load_train_state(directory: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # an UnpicklingError for anything that is not plain state
-        raise UserError(
-            f"{path}: refused to load ({str(exc).splitlines()[0]}); only tensors are allowed"
-        ) from exc
+        raise UserError(f"{path}: refused to load ({str(exc).splitlines()[0]}); only tensors are allowed") from exc

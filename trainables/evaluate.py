@@ -42,9 +42,7 @@ def _gather(parts: dict) -> list[dict]:
 
 
 @torch.no_grad()
-def predict(
-    model, loader: DataLoader, loss_fn, device, rank: int = 0, world: int = 1, autocast=None
-) -> Predictions:
+def predict(model, loader: DataLoader, loss_fn, device, rank: int = 0, world: int = 1, autocast=None) -> Predictions:
     """Run ``model`` over ``loader`` (built on :func:`rank_slice`) and gather the whole split on every rank."""
     model.eval()
     lesion_p, site_p, les, sit, loss_sum = [], [], [], [], 0.0
@@ -52,9 +50,7 @@ def predict(
         images, lesion, site = images.to(device), lesion.to(device), site.to(device)
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
             lesion_logits, site_logits = model(images)
-            losses = loss_fn(
-                lesion_logits.float(), None if site_logits is None else site_logits.float(), lesion, site
-            )
+            losses = loss_fn(lesion_logits.float(), None if site_logits is None else site_logits.float(), lesion, site)
         loss_sum += float(losses["loss"]) * len(lesion)
         lesion_p.append(torch.softmax(lesion_logits.float(), 1).cpu())
         if site_logits is not None:

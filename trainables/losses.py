@@ -56,9 +56,7 @@ class LesionLoss(nn.Module):
         if kind == "ce" and weight is not None:
             raise ValueError("lesion loss 'ce' takes no class weights: use 'weighted_ce'")
         self.kind, self.label_smoothing, self.gamma = kind, float(label_smoothing), float(gamma)
-        self.register_buffer(
-            "weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32)
-        )
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if self.kind != "focal":

@@ -162,9 +162,7 @@ def _is_head(model: nn.Module, key: str) -> bool:
     return any(key == h or key.startswith(h + ".") for h in heads)
 
 
-def _load_into(
-    model: nn.Module, state: Mapping[str, torch.Tensor], name: str, source: str, require_head: bool
-) -> None:
+def _load_into(model: nn.Module, state: Mapping[str, torch.Tensor], name: str, source: str, require_head: bool) -> None:
     """Load ``state`` strictly except for classifier keys, which may be missing, extra or resized unless
     ``require_head``."""
     target = model.state_dict()

@@ -35,11 +35,13 @@ def evaluate_checkpoint(checkpoint_dir: str, split: str = "test", batch_size: in
     loss_fn.load_state_dict(load_train_state(checkpoint_dir)["loss"])  # learned task weights, as trained
     pred = predict(model, DataLoader(dataset, batch_size=batch_size), loss_fn, torch.device("cpu"))
     metrics, _ = split_metrics(pred, info["lesion_classes"], split)
-    frame = pd.DataFrame({
-        "image_id": [dataset.image_ids[i] for i in pred.index],
-        "lesion": pred.lesion,
-        "site": pred.site,
-        "lesion_probs": list(pred.lesion_probs.astype("float32")),
-        "site_probs": list(pred.site_probs.astype("float32")) if pred.site_probs is not None else None,
-    })
+    frame = pd.DataFrame(
+        {
+            "image_id": [dataset.image_ids[i] for i in pred.index],
+            "lesion": pred.lesion,
+            "site": pred.site,
+            "lesion_probs": list(pred.lesion_probs.astype("float32")),
+            "site_probs": list(pred.site_probs.astype("float32")) if pred.site_probs is not None else None,
+        }
+    )
     return metrics, frame

@@ -65,9 +65,7 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _loaders(
-    cfg: TrainConfig, info: dict, rank: int, world: int, on_gpu: bool
-) -> tuple[DataLoader, DataLoader]:
+def _loaders(cfg: TrainConfig, info: dict, rank: int, world: int, on_gpu: bool) -> tuple[DataLoader, DataLoader]:
     norm = data_config(cfg.backbone)
     size = cfg.image_size or info["prepare_options"]["image_size"]
     augment = Augment(cfg.aug_strength, cfg.crop_scale_min, cfg.hflip, cfg.rotation)
@@ -78,9 +76,7 @@ def _loaders(
         limit=cfg.limit_train,
     )
     val_set = ShardDataset(cfg.prepared, "val", build_transforms(size, norm["mean"], norm["std"], False))
-    common = dict(
-        num_workers=cfg.loader_workers, pin_memory=on_gpu, persistent_workers=cfg.loader_workers > 0
-    )
+    common = dict(num_workers=cfg.loader_workers, pin_memory=on_gpu, persistent_workers=cfg.loader_workers > 0)
     # Our own DistributedSampler (seeded by the run's seed); prepare_data_loader then only moves batches to device.
     sampler = DistributedSampler(
         train_set,
@@ -147,9 +143,7 @@ def setup(cfg: TrainConfig, rank: int, world: int) -> Run:
     writer = open_writer(cfg.tensorboard_dir, rank)
     log_config(writer, cfg.model_dump(), weights_source)
     autocast = (
-        functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
-        if (on_gpu and cfg.amp != "off")
-        else None
+        functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16) if (on_gpu and cfg.amp != "off") else None
     )
     unwrap(model).weights_source = weights_source
     return Run(
@@ -188,9 +182,7 @@ def train_epoch(run: Run, epoch: int, on_first_step=None) -> dict:
             images = images.contiguous(memory_format=torch.channels_last)
         with run.autocast() if run.autocast else contextlib.nullcontext():
             lesion_logits, site_logits = run.model(images)
-        out = run.loss_fn(
-            lesion_logits.float(), None if site_logits is None else site_logits.float(), lesion, site
-        )
+        out = run.loss_fn(lesion_logits.float(), None if site_logits is None else site_logits.float(), lesion, site)
         run.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         if run.cfg.grad_clip > 0:
@@ -219,9 +211,7 @@ def train_epoch(run: Run, epoch: int, on_first_step=None) -> dict:
 def diverged_metrics(train: dict, lesion_classes: list[str], multitask: bool) -> dict:
     """Worst finite values for every metric of a diverged run."""
     metrics = {k: DIVERGED_LOSS for k in train if k.endswith("loss") or "/loss_" in k}
-    metrics.update(
-        {"val/loss": DIVERGED_LOSS, "val/lesion_bacc": 0.0, "val/lesion_auc": 0.0, "val/lesion_acc": 0.0}
-    )
+    metrics.update({"val/loss": DIVERGED_LOSS, "val/lesion_bacc": 0.0, "val/lesion_auc": 0.0, "val/lesion_acc": 0.0})
     metrics.update({f"val/recall/{c}": 0.0 for c in lesion_classes})
     if multitask:
         metrics.update({"val/site_acc": 0.0, "val/site_bacc": 0.0})
@@ -262,9 +252,7 @@ def _report(run: Run, metrics: dict, epoch: int) -> None:
     with tempfile.TemporaryDirectory(prefix="skintune-ckpt-") as tmp:
         checkpoint = None
         if run.rank == 0:
-            checkpoint = ray.train.Checkpoint.from_directory(
-                str(save_checkpoint(tmp, run.model, state, meta))
-            )
+            checkpoint = ray.train.Checkpoint.from_directory(str(save_checkpoint(tmp, run.model, state, meta)))
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
@@ -292,9 +280,7 @@ def train_worker(config: dict) -> None:
                 "diverged": 1.0,
                 "lr": train["lr"] if math.isfinite(train["lr"]) else 0.0,
             }
-            run.writer.add_text(
-                "diverged", f"non-finite training loss in epoch {epoch + 1}; run stopped", epoch
-            )
+            run.writer.add_text("diverged", f"non-finite training loss in epoch {epoch + 1}; run stopped", epoch)
             _report(run, metrics, epoch)  # checkpointed too: a restart sees the verdict, and it ranks last
             break
         # -- evaluate on the whole validation split (gathered across ranks)

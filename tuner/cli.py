@@ -15,11 +15,17 @@ from pathlib import Path
 from trainables.errors import UserError
 
 EXAMPLES = """\
-examples:
+the pipeline (each step resumes and skips finished work):
+  skintune demo --storage results                      # all of the below on synthetic data
   skintune synth --out data/synth --n 2000 --image-size 96
-  skintune prepare --format isic2019 --root data/synth --out data/synth-prepared --image-size 64
-  skintune prepare --format ham10000 --root /data/HAM10000 --out /data/ham-224 --option harmonize_sites=true
-  skintune train --config experiments/smoke.yaml --storage /tmp/skintune-results
+  skintune prepare --format isic2019 --root data/synth --out data/synth-64 --image-size 64
+  skintune train --config experiments/smoke.yaml       # one DDP run of the base config
+  skintune tune --config experiments/demo.yaml         # Optuna TPE + ASHA search
+  skintune retrain --experiment demo --storage results --seeds 3
+  skintune compare --experiment demo --storage results
+  skintune export --experiment demo --storage results
+  skintune predict --model results/demo/export image.jpg
+  skintune tensorboard --experiment demo --storage results
 """
 
 
@@ -66,8 +72,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
     if result.error is not None:
         raise UserError(f"training failed: {str(result.error).splitlines()[0]} (logs under {result.path})")
     m = result.metrics or {}
-    print(f"train: {m.get('epoch', 0)} epoch(s); val/lesion_bacc {m.get('val/lesion_bacc', float('nan')):.3f}; "
-          f"checkpoint {result.checkpoint.path if result.checkpoint else '-'}")
+    print(
+        f"train: {m.get('epoch', 0)} epoch(s); val/lesion_bacc {m.get('val/lesion_bacc', float('nan')):.3f}; "
+        f"checkpoint {result.checkpoint.path if result.checkpoint else '-'}"
+    )
     print(f"TensorBoard: skintune tensorboard --storage {exp.storage} --experiment {exp.name}")
 
 
@@ -78,13 +86,17 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     exp = load_experiment(args.config, storage=args.storage)
     _, table = run_tune(exp, resume=args.resume)
     counts = table["status"].value_counts().to_dict()
-    print(f"tune: {len(table)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}); "
-          f"table: {tune_dir(exp)}/results.parquet")
+    print(
+        f"tune: {len(table)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}); "
+        f"table: {tune_dir(exp)}/results.parquet"
+    )
     if table["best_objective"].notna().any():
         best = table.iloc[0]
         params = {k.removeprefix("param/"): v for k, v in best.items() if k.startswith("param/") and v == v}
-        print(f"best trial {best['trial_id']}: {exp.tune.metric} = {best['best_objective']:.4f} "
-              f"(epoch {best['best_epoch']}) with {params}")
+        print(
+            f"best trial {best['trial_id']}: {exp.tune.metric} = {best['best_objective']:.4f} "
+            f"(epoch {best['best_epoch']}) with {params}"
+        )
     print(f"TensorBoard: skintune tensorboard --storage {exp.storage} --experiment {exp.name}")
 
 
@@ -94,8 +106,10 @@ def _experiment(args: argparse.Namespace):
 
     path = Path(join_storage(str(Path(args.storage).expanduser()), args.experiment), "experiment.yaml")
     if not path.exists():
-        raise UserError(f"{path} not found: no experiment {args.experiment!r} under {args.storage} "
-                        "(check --storage and --experiment, or run `skintune tune` first)")
+        raise UserError(
+            f"{path} not found: no experiment {args.experiment!r} under {args.storage} "
+            "(check --storage and --experiment, or run `skintune tune` first)"
+        )
     return load_experiment(path)
 
 
@@ -109,9 +123,40 @@ def _cmd_retrain(args: argparse.Namespace) -> None:
     table = run_retrain(exp, seeds=args.seeds, baseline=args.baseline, baseline_exp=baseline_exp)
     summary = table.groupby("arm")["test/lesion_bacc"].agg(["mean", "std", "count"])
     for arm, row in summary.iterrows():
-        print(f"retrain: {arm:<11} test/lesion_bacc {row['mean']:.3f} +- {row['std']:.3f} "
-              f"over {int(row['count'])} seed(s)")
+        print(
+            f"retrain: {arm:<11} test/lesion_bacc {row['mean']:.3f} +- {row['std']:.3f} "
+            f"over {int(row['count'])} seed(s)"
+        )
     print(f"next: skintune compare --storage {args.storage} --experiment {exp.name}")
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from tuner.report.build import build_report
+
+    exp = _experiment(args)
+    report = build_report(exp.experiment_dir)
+    print(f"compare: report at {report} (also report.md, results.parquet and the PNGs beside it)")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    from tuner.export import export_model
+
+    exp = _experiment(args)
+    out = export_model(exp.experiment_dir, str(args.out) if args.out else None, seed=args.seed)
+    print(f"export: bundle at {out}")
+    print(f"next: skintune predict --model {out} IMAGE.jpg")
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from tuner.predict import run_predict
+
+    run_predict(args.model, args.images, output=args.output, backend=args.backend, batch_size=args.batch_size)
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from tuner.demo import run_demo
+
+    run_demo(args.storage, smoke=args.smoke)
 
 
 def _cmd_tensorboard(args: argparse.Namespace) -> None:
@@ -169,12 +214,20 @@ def _add_prepare(sub) -> None:
     p.add_argument("--test-fraction", type=float, default=0.15)
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     p.add_argument("--official-split", action="store_true", help="use the release's own split where it has one")
-    p.add_argument("--option", action="append", type=_parse_option, metavar="KEY=VALUE",
-                   help="adapter option, repeatable")
+    p.add_argument(
+        "--option",
+        action="append",
+        type=_parse_option,
+        metavar="KEY=VALUE",
+        help="adapter option, repeatable",
+    )
     p.add_argument("--shard-size", type=int, default=1024, help="images per shard (default 1024)")
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="leave unreadable images out (listed in dataset.json) instead of failing")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave unreadable images out (listed in dataset.json) instead of failing",
+    )
     p.set_defaults(handler=_cmd_prepare)
 
 
@@ -242,10 +295,79 @@ def _add_retrain(sub) -> None:
     )
     _add_experiment_args(p)
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (default: retrain.seeds of the YAML)")
-    p.add_argument("--baseline", choices=["ablation", "tuned"], default="ablation",
-                   help="ablation: best config minus the site task (default); tuned: best single-task trial")
+    p.add_argument(
+        "--baseline",
+        choices=["ablation", "tuned"],
+        default="ablation",
+        help="ablation: best config minus the site task (default); tuned: best single-task trial",
+    )
     p.add_argument("--baseline-experiment", default=None, help="the single-task search for --baseline tuned")
     p.set_defaults(handler=_cmd_retrain)
+
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser(
+        "compare",
+        help="write the report: MTL vs single-task with paired statistics, the search, the data",
+        description="Write <storage>/<experiment>/report/: report.html (self-contained), report.md, "
+        "results.parquet and PNG plots: MTL vs single-task on the test split (mean +- sd over seeds, paired "
+        "bootstrap CI, McNemar test, verdict), per-class recall with counts, per-site accuracy, confusion "
+        "matrices, the search (objective over trials, parameter importances), the data and how to reproduce.",
+        epilog="example:\n  skintune compare --storage results --experiment demo",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_experiment_args(p)
+    p.set_defaults(handler=_cmd_compare)
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write the best retrained MTL model as a deployable bundle (safetensors + TorchScript)",
+        description="Write the best retrained multi-task model (the seed with the best validation objective, or "
+        "--seed) as model.safetensors, model.torchscript.pt (traced, CPU), config.json, labels.json, "
+        "metrics.json (with confidence intervals) and MODEL_CARD.md.",
+        epilog="examples:\n  skintune export --storage results --experiment demo\n"
+        "  skintune export --experiment isic2019-mtl --out /models/isic2019-v1 --seed 2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_experiment_args(p)
+    p.add_argument("--out", type=Path, default=None, help="bundle folder (default <storage>/<experiment>/export)")
+    p.add_argument("--seed", type=int, default=None, help="export this retrain seed instead of the best one")
+    p.set_defaults(handler=_cmd_export)
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify images with an exported bundle: lesion and body-site probabilities",
+        description="Print (or write as CSV/JSON) each image's lesion and site probabilities and top classes, "
+        "with the same preprocessing as validation. Loads model.safetensors (default) or the TorchScript file; "
+        "never unpickles.",
+        epilog="examples:\n  skintune predict --model results/demo/export data/synth-demo/ISIC_2019_Training_Input/"
+        "ISIC_9000001.jpg\n  skintune predict --model bundle/ photos/*.jpg --output predictions.csv",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, type=Path, help="folder written by `skintune export`")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("--output", type=Path, default=None, help="write FILE.csv or FILE.json instead of printing")
+    p.add_argument("--backend", choices=["safetensors", "torchscript"], default="safetensors")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.set_defaults(handler=_cmd_predict)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run synth -> prepare -> tune -> retrain -> compare -> export on the synthetic default",
+        description="The whole pipeline on the synthetic default (experiments/demo.yaml; --smoke: "
+        "experiments/smoke.yaml, a minute or two). Every stage resumes, so rerunning continues a stopped demo.",
+        epilog="examples:\n  skintune demo --storage results\n  skintune demo --storage /tmp/st --smoke",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--storage", default="results", help="results folder (default ./results)")
+    p.add_argument("--smoke", action="store_true", help="the tiny configuration used by the tests")
+    p.set_defaults(handler=_cmd_demo)
 
 
 def _add_experiment_args(p) -> None:
@@ -263,7 +385,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in (_add_synth, _add_prepare, _add_train, _add_tune, _add_retrain, _add_tensorboard):
+    for add in (
+        _add_synth,
+        _add_prepare,
+        _add_train,
+        _add_tune,
+        _add_retrain,
+        _add_compare,
+        _add_export,
+        _add_predict,
+        _add_demo,
+        _add_tensorboard,
+    ):
         add(sub)
     return parser
 

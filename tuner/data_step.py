@@ -19,8 +19,15 @@ def ensure_data(exp: ExperimentConfig, progress: bool = True) -> str:
     if is_uri(exp.prepared_dir):
         raise NotImplementedError("preparing straight to cloud storage: prepare locally, then upload")
     opts = PrepareOptions(
-        format=d.format, root=d.root, options=d.options, image_size=d.image_size, quality=d.quality,
-        val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=d.seed, official_split=d.official_split,
+        format=d.format,
+        root=d.root,
+        options=d.options,
+        image_size=d.image_size,
+        quality=d.quality,
+        val_fraction=d.val_fraction,
+        test_fraction=d.test_fraction,
+        seed=d.seed,
+        official_split=d.official_split,
     )
     prepare(opts, Path(exp.prepared_dir), progress=progress)
     return exp.prepared_dir

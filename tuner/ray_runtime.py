@@ -27,8 +27,14 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, min_cpus: 
         ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)
     else:
         cpus = num_cpus or max(os.cpu_count() or 1, min_cpus)
-        ray.init(num_cpus=cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=env,
-                 logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(
+            num_cpus=cpus,
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            runtime_env=env,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+        )
     return ray.cluster_resources()
 
 

@@ -63,8 +63,13 @@ def arm_configs(exp: ExperimentConfig, prepared: str, baseline: str, baseline_ex
         if baseline_exp is None:
             raise UserError("--baseline tuned needs --baseline-experiment NAME (a search run with single_task.yaml)")
         _, single_params = best_params(baseline_exp)
-        single = {**baseline_exp.train.train_config(), **single_params, "prepared": prepared,
-                  "epochs": exp.tune.max_epochs, "multitask": False}
+        single = {
+            **baseline_exp.train.train_config(),
+            **single_params,
+            "prepared": prepared,
+            "epochs": exp.tune.max_epochs,
+            "multitask": False,
+        }
     else:
         single = {**mtl, "multitask": False}
     return trial_id, {"mtl": mtl, "single_task": single}
@@ -85,17 +90,28 @@ def _fit_and_evaluate(config: dict, exp_dump: dict, run_dir: str, use_gpu: bool,
     checkpoint, val = max(result.best_checkpoints, key=lambda cm: sign * cm[1].get(exp.tune.metric, -math.inf))
     test, predictions = evaluate_checkpoint(checkpoint.path, "test")
     predictions.to_parquet(Path(run_dir, "predictions.parquet"), index=False)
-    metrics = {"arm": arm, "seed": seed, "epochs": int(val.get("epoch", 0)), "checkpoint": checkpoint.path,
-               "val": {k: v for k, v in val.items() if k.startswith("val/")}, "test": test,
-               "diverged": bool(val.get("diverged", 0)), "wall_s": time.time() - started}
+    metrics = {
+        "arm": arm,
+        "seed": seed,
+        "epochs": int(val.get("epoch", 0)),
+        "checkpoint": checkpoint.path,
+        "val": {k: v for k, v in val.items() if k.startswith("val/")},
+        "test": test,
+        "diverged": bool(val.get("diverged", 0)),
+        "wall_s": time.time() - started,
+    }
     tmp = Path(run_dir, "metrics.json.tmp")
     tmp.write_text(json.dumps(metrics, indent=2))
     os.replace(tmp, Path(run_dir, "metrics.json"))  # written last: its presence means "done"
     return metrics
 
 
-def run_retrain(exp: ExperimentConfig, seeds: int | None = None, baseline: str = "ablation",
-                baseline_exp: ExperimentConfig | None = None) -> pd.DataFrame:
+def run_retrain(
+    exp: ExperimentConfig,
+    seeds: int | None = None,
+    baseline: str = "ablation",
+    baseline_exp: ExperimentConfig | None = None,
+) -> pd.DataFrame:
     """Retrain both arms over the seeds (skipping finished runs); returns one row per arm x seed."""
     from tuner.data_step import ensure_data
     from tuner.ray_runtime import init_ray, use_gpu
@@ -107,10 +123,17 @@ def run_retrain(exp: ExperimentConfig, seeds: int | None = None, baseline: str =
     resources = init_ray(min_cpus=math.ceil(exp.train.workers_per_trial * exp.train.cpus_per_worker + DRIVER_CPU))
     gpu = use_gpu(exp.train.use_gpu)
     root.mkdir(parents=True, exist_ok=True)
-    summary = {"baseline_kind": baseline, "best_trial": trial_id, "seeds": seed_list, "objective": exp.tune.metric,
-               "config": configs["mtl"], "baseline_config": configs["single_task"], "gpu": gpu,
-               "baseline_experiment": baseline_exp.name if baseline_exp else None,
-               "workers_per_run": exp.train.workers_per_trial}
+    summary = {
+        "baseline_kind": baseline,
+        "best_trial": trial_id,
+        "seeds": seed_list,
+        "objective": exp.tune.metric,
+        "config": configs["mtl"],
+        "baseline_config": configs["single_task"],
+        "gpu": gpu,
+        "baseline_experiment": baseline_exp.name if baseline_exp else None,
+        "workers_per_run": exp.train.workers_per_trial,
+    }
     (root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
 
     task = ray.remote(_fit_and_evaluate).options(num_cpus=DRIVER_CPU)
@@ -134,6 +157,9 @@ def run_retrain(exp: ExperimentConfig, seeds: int | None = None, baseline: str =
         ready, pending = ray.wait(pending, num_returns=1)
         row = ray.get(ready[0])
         rows.append(row)
-        print(f"retrain: {len(rows)}/{total} runs done ({row['arm']} seed {row['seed']}: "
-              f"test/lesion_bacc {row['test'].get('test/lesion_bacc', float('nan')):.3f})", flush=True)
+        print(
+            f"retrain: {len(rows)}/{total} runs done ({row['arm']} seed {row['seed']}: "
+            f"test/lesion_bacc {row['test'].get('test/lesion_bacc', float('nan')):.3f})",
+            flush=True,
+        )
     return pd.DataFrame([{"arm": r["arm"], "seed": r["seed"], **r["test"]} for r in rows])

@@ -17,8 +17,17 @@ def logdir(storage: str, experiment: str) -> Path:
 
 
 def command(storage: str, experiment: str, port: int) -> list[str]:
-    return [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir(storage, experiment)),
-            "--host", "127.0.0.1", "--port", str(port)]
+    return [
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        "--logdir",
+        str(logdir(storage, experiment)),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
 
 
 def serve(storage: str, experiment: str, port: int = 6006) -> None:

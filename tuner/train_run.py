@@ -13,15 +13,22 @@ from trainables.train_loop import train_worker
 from tuner.config import ExperimentConfig, join_storage
 
 
-def make_trainer(train_config: dict, exp: ExperimentConfig, name: str, storage_path: str, use_gpu: bool,
-                 callbacks: list | None = None) -> TorchTrainer:
+def make_trainer(
+    train_config: dict,
+    exp: ExperimentConfig,
+    name: str,
+    storage_path: str,
+    use_gpu: bool,
+    callbacks: list | None = None,
+) -> TorchTrainer:
     """A TorchTrainer named ``name`` (a reused name resumes that run: callers pass unique ones)."""
     t = exp.train
     return TorchTrainer(
         train_worker,
         train_loop_config=train_config,
         scaling_config=ScalingConfig(
-            num_workers=t.workers_per_trial, use_gpu=use_gpu,
+            num_workers=t.workers_per_trial,
+            use_gpu=use_gpu,
             resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
         ),
         run_config=RunConfig(
@@ -45,7 +52,10 @@ def run_train(exp: ExperimentConfig, name: str = "train"):
 
     prepared = ensure_data(exp)
     init_ray(min_cpus=exp.train.workers_per_trial)
-    config = {**exp.train.train_config(), "prepared": prepared,
-              "tensorboard_dir": join_storage(exp.experiment_dir, name, "tensorboard")}
+    config = {
+        **exp.train.train_config(),
+        "prepared": prepared,
+        "tensorboard_dir": join_storage(exp.experiment_dir, name, "tensorboard"),
+    }
     trainer = make_trainer(config, exp, name, exp.experiment_dir, use_gpu(exp.train.use_gpu))
     return trainer.fit()

@@ -42,8 +42,14 @@ def trial_driver(config: dict, exp: dict, prepared: str, use_gpu: bool) -> None:
         "epochs": experiment.tune.max_epochs,
         "tensorboard_dir": None if is_uri(ctx.get_trial_dir()) else ctx.get_trial_dir(),
     }
-    trainer = make_trainer(train_config, experiment, ctx.get_trial_id(), runs_dir(experiment), use_gpu,
-                           callbacks=[TuneReportCallback()])
+    trainer = make_trainer(
+        train_config,
+        experiment,
+        ctx.get_trial_id(),
+        runs_dir(experiment),
+        use_gpu,
+        callbacks=[TuneReportCallback()],
+    )
     result = trainer.fit()
     if result.error is not None:
         raise result.error
@@ -70,8 +76,13 @@ def _searcher(exp: ExperimentConfig) -> OptunaSearch:
     space = load_space(exp.search_space, known_keys=TRAIN_KEYS)
     storage = optuna.storages.RDBStorage(exp.tune.study_storage) if exp.tune.study_storage else None
     return OptunaSearch(
-        space=define_by_run(space), metric=exp.tune.metric, mode=exp.tune.mode, sampler=_sampler(exp),
-        study_name=exp.name, storage=storage, points_to_evaluate=[space.warm_start()],
+        space=define_by_run(space),
+        metric=exp.tune.metric,
+        mode=exp.tune.mode,
+        sampler=_sampler(exp),
+        study_name=exp.name,
+        storage=storage,
+        points_to_evaluate=[space.warm_start()],
     )
 
 
@@ -96,18 +107,28 @@ def make_tuner(exp: ExperimentConfig, prepared: str, use_gpu: bool, resources: d
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     t = exp.tune
     scheduler = (
-        ASHAScheduler(time_attr="training_iteration", max_t=t.max_epochs, grace_period=t.grace_period,
-                      reduction_factor=t.reduction_factor)
-        if t.scheduler == "asha" else FIFOScheduler()
+        ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=t.max_epochs,
+            grace_period=t.grace_period,
+            reduction_factor=t.reduction_factor,
+        )
+        if t.scheduler == "asha"
+        else FIFOScheduler()
     )
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=t.metric, mode=t.mode, search_alg=_searcher(exp), scheduler=scheduler,
-            num_samples=t.num_samples, max_concurrent_trials=max_concurrent(exp, resources, use_gpu),
+            metric=t.metric,
+            mode=t.mode,
+            search_alg=_searcher(exp),
+            scheduler=scheduler,
+            num_samples=t.num_samples,
+            max_concurrent_trials=max_concurrent(exp, resources, use_gpu),
         ),
         run_config=tune.RunConfig(
-            name="tune", storage_path=exp.experiment_dir,
+            name="tune",
+            storage_path=exp.experiment_dir,
             failure_config=tune.FailureConfig(max_failures=t.max_failures),
             verbose=1,
         ),

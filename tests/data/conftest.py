@@ -83,10 +83,7 @@ def write_isic2020(root: Path, layout: str = "kaggle") -> Path:
         lesion = f"IL_{image[-4:]}," if layout == "isic_v2" else ""
         rows.append(f"{image},{patient},{lesion}male,45.0,{site},{dx},{benign},{target}")
     if layout == "kaggle":
-        header = (
-            "image_name,patient_id,sex,age_approx,anatom_site_general_challenge,diagnosis,"
-            "benign_malignant,target"
-        )
+        header = "image_name,patient_id,sex,age_approx,anatom_site_general_challenge,diagnosis,benign_malignant,target"
         write_csv(root / "train.csv", header, rows)
         write_images(root / "jpeg" / "train", [f"{r[0]}.jpg" for r in ISIC2020_ROWS])
         write_images(root / "train", [f"{r[0]}.dcm" for r in ISIC2020_ROWS], b"DICM")

@@ -83,18 +83,14 @@ def test_isic2019_bad_onehot(make_root, row, message):
 def test_isic2019_image_without_metadata(make_root):
     root = make_root("isic2019")
     edit(root / "ISIC_2019_Training_Metadata.csv", "ISIC_0000006,", "ISIC_0000666,")
-    with pytest.raises(
-        UserError, match=r"Metadata.csv: no row for image 'ISIC_0000006' .*GroundTruth.csv line 8"
-    ):
+    with pytest.raises(UserError, match=r"Metadata.csv: no row for image 'ISIC_0000006' .*GroundTruth.csv line 8"):
         read_dataset("isic2019", root)
 
 
 def test_isic2019_unknown_site(make_root):
     root = make_root("isic2019")
     edit(root / "ISIC_2019_Training_Metadata.csv", "palms/soles", "elbow")
-    with pytest.raises(
-        UserError, match=r"Metadata.csv line 3 column 'anatom_site_general': unknown value 'elbow'"
-    ):
+    with pytest.raises(UserError, match=r"Metadata.csv line 3 column 'anatom_site_general': unknown value 'elbow'"):
         read_dataset("isic2019", root)
 
 
@@ -105,9 +101,7 @@ def test_isic2019_missing_files_and_columns(make_root):
     with pytest.raises(UserError, match=re.escape(str(gt)) + r": missing column\(s\) 'SCC'"):
         read_dataset("isic2019", root)
     (root / "ISIC_2019_Training_Metadata.csv").unlink()
-    with pytest.raises(
-        UserError, match=r"ISIC 2019 metadata not found: expected .*ISIC_2019_Training_Metadata.csv"
-    ):
+    with pytest.raises(UserError, match=r"ISIC 2019 metadata not found: expected .*ISIC_2019_Training_Metadata.csv"):
         read_dataset("isic2019", root)
     with pytest.raises(UserError, match=r"set the dataset root to .*isic2019"):
         read_dataset("isic2019", root.parent)  # one level too high
@@ -128,9 +122,7 @@ def test_isic2019_duplicate_image(make_root):
     root = make_root("isic2019")
     gt = root / "ISIC_2019_Training_GroundTruth.csv"
     edit(gt, "ISIC_0000005,", "ISIC_0000001,")
-    with pytest.raises(
-        UserError, match=r"GroundTruth.csv column 'image': image id 'ISIC_0000001' .*lines 3 and 7"
-    ):
+    with pytest.raises(UserError, match=r"GroundTruth.csv column 'image': image id 'ISIC_0000001' .*lines 3 and 7"):
         read_dataset("isic2019", root)
 
 
@@ -140,9 +132,7 @@ def test_isic2019_missing_images_are_counted(make_root):
     (folder / "ISIC_0000003.jpg").unlink()
     (folder / "ISIC_0000006.jpg").unlink()
     expected = re.escape(str(folder / "ISIC_0000003.jpg"))
-    with pytest.raises(
-        UserError, match=rf"line 5 column 'image': image 'ISIC_0000003' not found .*{expected}.*2 of 8"
-    ):
+    with pytest.raises(UserError, match=rf"line 5 column 'image': image 'ISIC_0000003' not found .*{expected}.*2 of 8"):
         read_dataset("isic2019", root)
 
 
@@ -174,9 +164,7 @@ def test_isic2020_errors(make_root):
     with pytest.raises(UserError, match=r"option label='dx' is not one of 'diagnosis', 'target'"):
         read_dataset("isic2020", root, {"label": "dx"})
     edit(root / "train.csv", "lentigo NOS", "freckle")
-    with pytest.raises(
-        UserError, match=r"train.csv line 5 column 'diagnosis': unknown value 'freckle'.*'nevus'"
-    ):
+    with pytest.raises(UserError, match=r"train.csv line 5 column 'diagnosis': unknown value 'freckle'.*'nevus'"):
         read_dataset("isic2020", root)
     (root / "train.csv").unlink()
     with pytest.raises(UserError, match=r"train.csv or .*GroundTruth_v2.csv or .*GroundTruth.csv"):
@@ -216,9 +204,7 @@ def test_ham10000_errors(make_root):
         read_dataset("ham10000", root, {"harmonize_sites": "yes"})
     meta = root / "HAM10000_metadata.csv"
     edit(meta, ",nv,", ",naevus,")
-    with pytest.raises(
-        UserError, match=r"metadata.csv line 5 column 'dx': unknown value 'naevus'; allowed: 'akiec'"
-    ):
+    with pytest.raises(UserError, match=r"metadata.csv line 5 column 'dx': unknown value 'naevus'; allowed: 'akiec'"):
         read_dataset("ham10000", root)
     edit(meta, ",localization", ",site")
     with pytest.raises(UserError, match=r"HAM10000_metadata.csv: missing column\(s\) 'localization'"):
@@ -258,14 +244,10 @@ def test_derm7pt_bad_index_files(make_root):
     root = make_root("derm7pt")
     valid = root / "meta" / "valid_indexes.csv"
     valid.write_text("indexes\n1\n")
-    with pytest.raises(
-        UserError, match=r"valid_indexes.csv line 2 column 'indexes': row 1 is already in the train"
-    ):
+    with pytest.raises(UserError, match=r"valid_indexes.csv line 2 column 'indexes': row 1 is already in the train"):
         read_dataset("derm7pt", root)
     valid.write_text("indexes\n60\n")
-    with pytest.raises(
-        UserError, match=r"valid_indexes.csv line 2 column 'indexes': '60' is not a row index"
-    ):
+    with pytest.raises(UserError, match=r"valid_indexes.csv line 2 column 'indexes': '60' is not a row index"):
         read_dataset("derm7pt", root)
 
 
@@ -275,9 +257,7 @@ def test_derm7pt_unknown_diagnosis_and_missing_image(make_root):
     with pytest.raises(UserError, match=r"meta.csv line 6 column 'derm': image 'Gal/Gal003.jpg' not found"):
         read_dataset("derm7pt", root)
     edit(root / "meta" / "meta.csv", "clark nevus", "nevus of clark")
-    with pytest.raises(
-        UserError, match=r"meta.csv line 3 column 'diagnosis': unknown value 'nevus of clark'"
-    ):
+    with pytest.raises(UserError, match=r"meta.csv line 3 column 'diagnosis': unknown value 'nevus of clark'"):
         read_dataset("derm7pt", root)
 
 
@@ -298,9 +278,7 @@ def test_pad_ufes20(make_root):
 def test_pad_ufes20_missing_image(make_root):
     root = make_root("pad_ufes20")
     (root / "images" / "imgs_part_2" / "PAT_725_1394_93.png").unlink()
-    with pytest.raises(
-        UserError, match=r"metadata.csv line 6 column 'img_id': image 'PAT_725_1394_93.png' not"
-    ):
+    with pytest.raises(UserError, match=r"metadata.csv line 6 column 'img_id': image 'PAT_725_1394_93.png' not"):
         read_dataset("pad_ufes20", root)
 
 
@@ -363,13 +341,9 @@ def test_csv_errors(make_root):
 def test_read_dataset_rejects_bad_format_options_and_root(make_root, tmp_path):
     assert set(FORMATS) == {"isic2019", "isic2020", "ham10000", "derm7pt", "pad_ufes20", "csv"}
     assert option_names("isic2020") == ["label"] and option_names("pad_ufes20") == []
-    with pytest.raises(
-        UserError, match=r"unknown dataset format 'isic2018'; known formats: isic2019, isic2020"
-    ):
+    with pytest.raises(UserError, match=r"unknown dataset format 'isic2018'; known formats: isic2019, isic2020"):
         read_dataset("isic2018", tmp_path)
-    with pytest.raises(
-        UserError, match=r"format 'ham10000': unknown option\(s\) 'harmonise'.*harmonize_sites"
-    ):
+    with pytest.raises(UserError, match=r"format 'ham10000': unknown option\(s\) 'harmonise'.*harmonize_sites"):
         read_dataset("ham10000", make_root("ham10000"), {"harmonise": True})
     with pytest.raises(UserError, match=r"unknown option\(s\) 'label'; valid options: none"):
         read_dataset("pad_ufes20", tmp_path, {"label": "x"})

@@ -44,8 +44,15 @@ def _write_csv(root, names):
 
 
 def _opts(root, **kw):
-    base = dict(format="csv", root=str(root), options={"file": "labels.csv", "group_column": "group"},
-                image_size=SIZE, val_fraction=0.2, test_fraction=0.2, shard_size=8)
+    base = dict(
+        format="csv",
+        root=str(root),
+        options={"file": "labels.csv", "group_column": "group"},
+        image_size=SIZE,
+        val_fraction=0.2,
+        test_fraction=0.2,
+        shard_size=8,
+    )
     return PrepareOptions(**{**base, **kw})
 
 

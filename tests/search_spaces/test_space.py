@@ -135,9 +135,7 @@ def test_ray_optuna_search_suggests_without_a_cluster() -> None:
     search = OptunaSearch(
         space=define_by_run(space), metric="m", mode="max", seed=0, points_to_evaluate=[space.warm_start()]
     )
-    assert (
-        search.suggest("trial_1") == space.defaults()
-    )  # fixed values returned as constants reach the config
+    assert search.suggest("trial_1") == space.defaults()  # fixed values returned as constants reach the config
     config = search.suggest("trial_2")
     assert config["warmup_epochs"] == 1.0 and config["multitask"] is True
     drawn = search._ot_trials["trial_2"].params  # Optuna holds the base rate, the config the scaled one

@@ -69,9 +69,7 @@ def test_param_groups(mtl: MultiTaskNet) -> None:
     assert by_name["head"]["weight_decay"] == 0.05 and by_name["backbone_no_decay"]["weight_decay"] == 0.0
     ids = [id(p) for g in groups for p in g["params"]]
     assert len(ids) == len(set(ids)) == len(list(mtl.parameters())) + 1
-    assert {id(mtl.lesion_head.weight), id(mtl.site_head.weight)} == {
-        id(p) for p in by_name["head"]["params"]
-    }
+    assert {id(mtl.lesion_head.weight), id(mtl.site_head.weight)} == {id(p) for p in by_name["head"]["params"]}
     assert id(extra) in {id(p) for p in by_name["head_no_decay"]["params"]}
     assert all(p.ndim <= 1 for g in groups if g["name"].endswith("no_decay") for p in g["params"])
     torch.optim.AdamW(groups)  # accepted as is

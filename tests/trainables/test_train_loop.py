@@ -50,8 +50,12 @@ def _ddp_probe(config: dict) -> None:
 def test_two_ddp_workers_hold_identical_weights_on_disjoint_data(ray_cluster, make_experiment, tmp_path):
     exp = make_experiment()
     config = {**exp.train.train_config(), "prepared": exp.prepared_dir}
-    trainer = TorchTrainer(_ddp_probe, train_loop_config=config, scaling_config=ScalingConfig(num_workers=2),
-                           run_config=RunConfig(name="ddp", storage_path=str(tmp_path)))
+    trainer = TorchTrainer(
+        _ddp_probe,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=2),
+        run_config=RunConfig(name="ddp", storage_path=str(tmp_path)),
+    )
     result = trainer.fit()
     assert result.error is None
     assert result.metrics["max_weight_diff"] == 0.0
@@ -70,8 +74,19 @@ def test_train_checkpoints_logs_and_resumes_with_optimizer_state(ray_cluster, ma
     first = run_train(exp, name="run")
     assert first.error is None
     m = first.metrics
-    for key in ("train/loss", "train/loss_lesion", "train/loss_site", "val/loss", "val/lesion_bacc",
-                "val/lesion_auc", "val/lesion_acc", "val/site_acc", "val/site_bacc", "epoch", "lr"):
+    for key in (
+        "train/loss",
+        "train/loss_lesion",
+        "train/loss_site",
+        "val/loss",
+        "val/lesion_bacc",
+        "val/lesion_auc",
+        "val/lesion_acc",
+        "val/site_acc",
+        "val/site_bacc",
+        "epoch",
+        "lr",
+    ):
         assert key in m and math.isfinite(m[key]), key
     assert any(k.startswith("val/recall/") for k in m)
     assert m["epoch"] == 1 and m["diverged"] == 0.0
@@ -112,8 +127,17 @@ def test_same_seed_same_first_epoch_loss(ray_cluster, make_experiment):
 
 
 def test_diverging_run_stops_with_finite_worst_metrics(ray_cluster, make_experiment):
-    exp = make_experiment("diverge", train={"workers_per_trial": 1, "epochs": 3, "lr_head": 1.0e8,
-                                            "lr_backbone": 1.0e8, "grad_clip": 0.0, "warmup_epochs": 0})
+    exp = make_experiment(
+        "diverge",
+        train={
+            "workers_per_trial": 1,
+            "epochs": 3,
+            "lr_head": 1.0e8,
+            "lr_backbone": 1.0e8,
+            "grad_clip": 0.0,
+            "warmup_epochs": 0,
+        },
+    )
     result = run_train(exp, name="run")
     assert result.error is None
     m = result.metrics

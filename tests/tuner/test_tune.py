@@ -47,8 +47,17 @@ def _trial_dirs(exp) -> list[Path]:
 
 def test_search_with_early_stopping_table_and_tensorboard(ray_cluster, make_experiment):
     # val/loss (continuous) as the objective so that ASHA can tell trials apart after one epoch
-    exp = make_experiment("search", tune={"num_samples": 5, "max_epochs": 3, "grace_period": 1,
-                                          "reduction_factor": 2, "metric": "val/loss", "mode": "min"})
+    exp = make_experiment(
+        "search",
+        tune={
+            "num_samples": 5,
+            "max_epochs": 3,
+            "grace_period": 1,
+            "reduction_factor": 2,
+            "metric": "val/loss",
+            "mode": "min",
+        },
+    )
     _, table = run_tune(exp)
 
     saved = pd.read_parquet(Path(tune_dir(exp), "results.parquet"))
@@ -104,7 +113,9 @@ def test_resume_after_driver_sigkill(ray_cluster, make_experiment, tmp_path):
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     driver = subprocess.Popen(
         [sys.executable, "-m", "tuner.cli", "tune", "--config", str(config)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     deadline = time.time() + 300
     try:

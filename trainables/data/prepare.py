@@ -98,9 +98,7 @@ def _split_column(table: RawTable, opts: PrepareOptions) -> np.ndarray:
 def _input_key(frame: pd.DataFrame, opts: PrepareOptions) -> str:
     """Hash of the options, the table and each image file's size and mtime: equal key, equal output."""
     h = hashlib.sha256(json.dumps(opts.content_dict(), sort_keys=True, default=str).encode())
-    h.update(
-        pd.util.hash_pandas_object(frame.drop(columns=["official_split"]), index=False).to_numpy().tobytes()
-    )
+    h.update(pd.util.hash_pandas_object(frame.drop(columns=["official_split"]), index=False).to_numpy().tobytes())
     for path in frame["image_path"]:
         st = os.stat(path)
         h.update(f"{st.st_size}:{st.st_mtime_ns};".encode())
@@ -246,16 +244,13 @@ def prepare(
         "counts": _counts(kept, table),
         "bad_images": bad,
         "shards": [
-            {"file": f"shards/{name}", "split": name.split("-")[0], "rows": metas[name]["rows"]}
-            for name, _ in plan
+            {"file": f"shards/{name}", "split": name.split("-")[0], "rows": metas[name]["rows"]} for name, _ in plan
         ],
     }
     _atomic_json(info_path, info)
     if progress:
         sizes = ", ".join(f"{s} {info['counts'][s]['images']}" for s in SPLITS)
-        print(
-            f"prepare: wrote {len(plan)} shards to {out} ({sizes}; {len(bad)} unreadable image(s) left out)"
-        )
+        print(f"prepare: wrote {len(plan)} shards to {out} ({sizes}; {len(bad)} unreadable image(s) left out)")
     return info
 
 

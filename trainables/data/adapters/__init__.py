@@ -53,9 +53,7 @@ def read_dataset(fmt: str, root: str | Path, options: dict | None = None) -> Raw
     root = Path(root).expanduser().absolute()
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "not found"
-        raise UserError(
-            f"{root}: dataset root {what}; set the data root to the folder holding the {fmt} release"
-        )
+        raise UserError(f"{root}: dataset root {what}; set the data root to the folder holding the {fmt} release")
     table = FORMATS[fmt](root, **options)
     table.validate(table.frame.attrs.get("source_file", root))
     return table

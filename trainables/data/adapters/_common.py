@@ -52,9 +52,7 @@ def load_csv(
     except FileNotFoundError:
         raise UserError(f"{path}: file not found; check the path") from None
     except pd.errors.EmptyDataError:
-        raise UserError(
-            f"{path}: the file is empty; expected a CSV with a header line and one row per image"
-        ) from None
+        raise UserError(f"{path}: the file is empty; expected a CSV with a header line and one row per image") from None
     except pd.errors.ParserError as err:
         reason = str(err).strip().splitlines()[-1]
         raise UserError(f"{path}: not a valid CSV ({reason}); fix the file") from None
@@ -79,9 +77,7 @@ def check_ids(frame: pd.DataFrame, column: str, path: Path) -> None:
     ids = frame[column]
     empty = np.flatnonzero((ids == "").to_numpy())
     if len(empty):
-        raise UserError(
-            f"{where(path, line(empty[0]), column)}: empty image id; fill it in or delete the row"
-        )
+        raise UserError(f"{where(path, line(empty[0]), column)}: empty image id; fill it in or delete the row")
     dup = np.flatnonzero(ids.duplicated().to_numpy())
     if len(dup):
         value = ids.iloc[dup[0]]
@@ -231,9 +227,7 @@ def build_table(
             "site": np.asarray(site, dtype=np.int64),
             "source": [source] * n if isinstance(source, str) else list(source),
             "image_path": list(image_path),
-            "official_split": pd.Series(
-                [None] * n if official_split is None else list(official_split), dtype=object
-            ),
+            "official_split": pd.Series([None] * n if official_split is None else list(official_split), dtype=object),
         }
     )
     frame.attrs["source_file"] = str(source_file)

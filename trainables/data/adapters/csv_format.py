@@ -67,9 +67,7 @@ def read_csv(
     site_classes: list[str] | None = None,
 ) -> RawTable:
     if not file or not isinstance(file, str):
-        raise UserError(
-            "format 'csv' needs the option file: the CSV listing the images (relative to the root)"
-        )
+        raise UserError("format 'csv' needs the option file: the CSV listing the images (relative to the root)")
     _check_names("image_column", image_column, allow_none=False)
     _check_names("lesion_column", lesion_column, allow_none=False)
     for option, value in [("site_column", site_column), ("group_column", group_column)]:
@@ -81,9 +79,7 @@ def read_csv(
     path = root / Path(file).expanduser()
     if not path.is_file():
         raise UserError(f"{path}: CSV not found; check the csv option file (relative to the root {root})")
-    columns = [
-        c for c in (image_column, lesion_column, site_column, group_column, source_column, split_column) if c
-    ]
+    columns = [c for c in (image_column, lesion_column, site_column, group_column, source_column, split_column) if c]
     hint = "set the csv options *_column to names in the header (site_column: null when there is no site)"
     frame = load_csv(path, columns, hint)
     check_ids(frame, image_column, path)

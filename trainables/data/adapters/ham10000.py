@@ -65,9 +65,7 @@ TO_ISIC_SITE = {
 
 def read_ham10000(root: Path, *, harmonize_sites: bool = False) -> RawTable:
     if not isinstance(harmonize_sites, bool):
-        raise UserError(
-            f"format 'ham10000': option harmonize_sites={harmonize_sites!r} must be true or false"
-        )
+        raise UserError(f"format 'ham10000': option harmonize_sites={harmonize_sites!r} must be true or false")
     path = require_file(root, METADATA, what="HAM10000 metadata")
     frame = load_csv(path, ["lesion_id", "image_id", "dx", "localization"])
     check_ids(frame, "image_id", path)
@@ -90,9 +88,7 @@ def read_ham10000(root: Path, *, harmonize_sites: bool = False) -> RawTable:
         lesion=lesion,
         site=site,
         source=source,
-        image_path=resolve_images(
-            frame, "image_id", path, ImageFinder(root, suffixes=(".jpg", ".jpeg", ".png"))
-        ),
+        image_path=resolve_images(frame, "image_id", path, ImageFinder(root, suffixes=(".jpg", ".jpeg", ".png"))),
         lesion_classes=LESION_CLASSES,
         site_classes=site_classes,
         options={"harmonize_sites": harmonize_sites},

@@ -1,0 +1,322 @@
+"""skintune export + predict on a real (tiny) retrain layout built without Ray: two MTL seeds of a real
+timm test network, their metrics.json / predictions.parquet, experiment.yaml, dataset.json and real images."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from trainables.checkpoint import save_checkpoint
+from trainables.data.images import prepare_image
+from trainables.data.loader import ShardDataset, build_transforms
+from trainables.errors import UserError
+from trainables.metrics import lesion_metrics, site_metrics
+from trainables.model import build_model
+from trainables.pretrained import data_config
+from tuner.export import BUNDLE_FILES, export_model
+from tuner.export_metrics import _boot_auc, _boot_bacc
+from tuner.predict import load_bundle, predict_images, run_predict, write_predictions
+
+LESION, SITE = ["MEL", "NV", "BCC"], ["anterior torso", "posterior torso"]
+VAL_BACC = {0: 0.40, 1: 0.70}  # seed 1 is the best on validation
+SIZE = 32
+
+
+def _predictions(rng: np.random.Generator, n: int = 40) -> pd.DataFrame:
+    lp, sp = rng.dirichlet(np.ones(3), n), rng.dirichlet(np.ones(2), n)
+    return pd.DataFrame(
+        {
+            "image_id": [f"img{i}" for i in range(n)],
+            "lesion": rng.integers(0, 3, n),
+            "site": rng.choice([-1, 0, 1], n),
+            "lesion_probs": list(lp),
+            "site_probs": list(sp),
+        }
+    )
+
+
+def make_layout(base: Path, seeds=(0, 1), ci: bool = True) -> Path:
+    """``<base>/results/demo`` as `skintune retrain` leaves it; returns the experiment folder."""
+    exp = base / "results" / "demo"
+    prepared = exp / "prepared"
+    prepared.mkdir(parents=True)
+    counts = {
+        s: {
+            "images": 10,
+            "lesion": dict.fromkeys(LESION, 3),
+            "site": dict.fromkeys(SITE, 4),
+            "site_missing": 2,
+        }
+        for s in ("train", "val", "test")
+    }
+    info = {
+        "prepare_options": {"format": "isic2019", "image_size": SIZE, "quality": 90},
+        "fingerprint": "f" * 64,
+        "images": 30,
+        "lesion_classes": LESION,
+        "site_classes": SITE,
+        "site_missing_rate": 0.2,
+        "counts": counts,
+        "shards": [],
+    }
+    (prepared / "dataset.json").write_text(json.dumps(info))
+    experiment = {
+        "name": "demo",
+        "data": {"format": "isic2019", "root": str(base / "raw"), "synth": {"n": 64}, "image_size": SIZE},
+        "tune": {"metric": "val/lesion_bacc", "mode": "max"},
+    }
+    (exp / "experiment.yaml").write_text(yaml.safe_dump(experiment))
+    rng = np.random.default_rng(0)
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = build_model(
+            "test_efficientnet", pretrained=False, num_lesion_classes=3, num_site_classes=2, dropout=0.1
+        )
+        seed_dir = exp / "retrain" / "mtl" / f"seed_{seed}"
+        cfg = {
+            "backbone": "test_efficientnet",
+            "dropout": 0.1,
+            "multitask": True,
+            "image_size": None,
+            "prepared": str(prepared),
+            "pretrained": False,
+            "seed": seed,
+        }
+        meta = {
+            "config": cfg,
+            "lesion_classes": LESION,
+            "site_classes": SITE,
+            "metrics": {},
+            "weights_source": model.weights_source,
+            "dataset_fingerprint": "f" * 64,
+        }
+        save_checkpoint(seed_dir / "checkpoint", model, state={"epoch": 0}, meta=meta)
+        test = {
+            "test/lesion_bacc": 0.5 + 0.1 * seed,
+            "test/lesion_auc": 0.7,
+            "test/lesion_acc": 0.6,
+            "test/site_acc": 0.8,
+            "test/site_bacc": 0.75,
+            **{f"test/recall/{c}": 0.5 for c in LESION},
+        }
+        metrics = {
+            "arm": "mtl",
+            "seed": seed,
+            "epochs": 1,
+            "checkpoint": str(seed_dir / "checkpoint"),
+            "val": {"val/lesion_bacc": VAL_BACC[seed]},
+            "test": test,
+            "wall_s": 1.0,
+        }
+        (seed_dir / "metrics.json").write_text(json.dumps(metrics))
+        _predictions(rng).to_parquet(seed_dir / "predictions.parquet")
+    if ci:
+        (exp / "report").mkdir()
+        (exp / "report" / "ci.json").write_text(
+            json.dumps({"test/lesion_bacc": {"diff": 0.02, "low": -0.01, "high": 0.05}})
+        )
+    return exp
+
+
+def make_images(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    paths = []
+    for name, size, mode in [
+        ("a.jpg", (48, 40), "RGB"),
+        ("b.png", (40, 60), "RGBA"),
+        ("c.png", (36, 36), "L"),
+        ("d.jpeg", (70, 50), "RGB"),
+        ("e.png", (33, 45), "RGB"),
+    ]:
+        channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+        arr = rng.integers(0, 256, (size[1], size[0], channels), dtype=np.uint8)
+        Image.fromarray(arr.squeeze(-1) if channels == 1 else arr, mode).save(folder / name)
+        paths.append(folder / name)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    base = tmp_path_factory.mktemp("export")
+    exp = make_layout(base)
+    out = export_model(str(exp), str(base / "bundle"), n_boot=200)
+    return exp, out, make_images(base / "images")
+
+
+def test_export_picks_best_val_seed_and_writes_bundle(exported):
+    exp, out, _ = exported
+    assert sorted(p.name for p in out.iterdir()) == sorted(BUNDLE_FILES)
+    assert not list(out.parent.glob(".bundle.*"))  # no temp or old folders left
+    config = json.loads((out / "config.json").read_text())
+    assert config["seed"] == 1 and config["backbone"] == "test_efficientnet" and config["multitask"]
+    assert config["image_size"] == SIZE == config["resize_size"]  # image_size None -> the prepared size
+    norm = data_config("test_efficientnet")
+    assert config["mean"] == list(norm["mean"]) and config["std"] == list(norm["std"])
+    assert json.loads((out / "labels.json").read_text()) == {"lesion": LESION, "site": SITE}
+    # safetensors of the bundle == the weights of seed 1's checkpoint, not seed 0's
+    bundle = load_file(out / "model.safetensors")
+    best = load_file(exp / "retrain/mtl/seed_1/checkpoint/model.safetensors")
+    other = load_file(exp / "retrain/mtl/seed_0/checkpoint/model.safetensors")
+    assert bundle.keys() == best.keys()
+    assert all(torch.equal(bundle[k], best[k]) for k in best)
+    assert not all(torch.equal(bundle[k], other[k]) for k in other)
+
+
+def test_metrics_json_and_model_card(exported):
+    _, out, _ = exported
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["seed"] == 1 and m["selected_by"]["value"] == VAL_BACC[1]
+    row = m["over_seeds"]["metrics"]["test/lesion_bacc"]
+    assert row["mean"] == pytest.approx(0.55) and row["sd"] == pytest.approx(np.std([0.5, 0.6], ddof=1))
+    for key in ("test/lesion_bacc", "test/lesion_acc", "test/lesion_auc", "test/site_acc", "test/site_bacc"):
+        ci = m["bootstrap"]["metrics"][key]
+        assert ci["low"] <= ci["estimate"] <= ci["high"], key
+    assert m["mtl_vs_single_task"]["test/lesion_bacc"]["diff"] == 0.02
+    assert set(m["per_site"]) <= {*SITE, "missing"} and sum(r["images"] for r in m["per_site"].values()) == 40
+    card = (out / "MODEL_CARD.md").read_text()
+    for text in (
+        "Not a diagnostic device",
+        "synthetic",
+        "Skin tone",
+        "Dermoscopy only",
+        "Torso labels",
+        "none (random init)",
+        "0.550 ± 0.071",
+        "anterior torso",
+        "| MEL |",
+    ):
+        assert text in card, text
+
+
+def test_bootstrap_resamples_match_sklearn():
+    rng = np.random.default_rng(3)
+    preds = _predictions(rng, 30)
+    y, p = preds["lesion"].to_numpy(), np.stack(preds["lesion_probs"].to_numpy())
+    s, sp = preds["site"].to_numpy(), np.stack(preds["site_probs"].to_numpy())
+    idx = rng.integers(0, 30, (6, 30))
+    auc, bacc = _boot_auc(y[idx], p, idx, 3), _boot_bacc(y[idx], (p.argmax(1) == y)[idx], np.ones((6, 30)), 3)
+    known = (s != -1).astype(float)
+    site_bacc = _boot_bacc(np.where(s >= 0, s, 0)[idx], (sp.argmax(1) == s)[idx], known[idx], 2)
+    for b, rows in enumerate(idx):
+        ref = lesion_metrics(y[rows], p[rows], LESION)
+        assert auc[b] == pytest.approx(ref["lesion_auc"]) and bacc[b] == pytest.approx(ref["lesion_bacc"])
+        assert site_bacc[b] == pytest.approx(site_metrics(s[rows], sp[rows])["site_bacc"])
+
+
+def test_torchscript_matches_eager_and_probabilities_sum_to_one(exported):
+    _, out, images = exported
+    eager, traced = load_bundle(out, "safetensors"), load_bundle(out, "torchscript")
+    batch = torch.stack([eager.preprocess(p) for p in images])
+    with torch.no_grad():
+        (le, se), (lt, st) = eager.model(batch), traced.model(batch)
+    assert (le - lt).abs().max() < 1e-5 and (se - st).abs().max() < 1e-5
+    rows_e = predict_images(eager, images)
+    rows_t = predict_images(traced, images, batch_size=3)  # batches of 3 and 2: the trace used 2
+    assert [r["path"] for r in rows_e] == [str(p) for p in images]
+    for re_, rt in zip(rows_e, rows_t, strict=True):
+        for task in ("lesion_probs", "site_probs"):
+            assert abs(sum(re_[task].values()) - 1) < 1e-5 and abs(sum(rt[task].values()) - 1) < 1e-5
+            assert max(abs(re_[task][k] - rt[task][k]) for k in re_[task]) < 1e-5
+        assert re_["lesion"] == max(re_["lesion_probs"], key=re_["lesion_probs"].get)
+        assert re_["site"] in SITE and re_["site_prob"] == re_["site_probs"][re_["site"]]
+
+
+def test_preprocessing_equals_validation_loader(exported, tmp_path):
+    """The predict input of an image == what ShardDataset (the validation loader) yields after prepare."""
+    _, out, images = exported
+    bundle = load_bundle(out)
+    shard = tmp_path / "shards" / "val-0.parquet"
+    shard.parent.mkdir()
+    blobs = [prepare_image(p, SIZE, 90) for p in images]  # what `skintune prepare` stores
+    ids, zeros = [p.stem for p in images], [0] * len(blobs)
+    pq.write_table(pa.table({"image_id": ids, "image": blobs, "lesion": zeros, "site": zeros}), shard)
+    (tmp_path / "dataset.json").write_text(json.dumps({"shards": [{"file": "shards/val-0.parquet", "split": "val"}]}))
+    norm = data_config("test_efficientnet")
+    ds = ShardDataset(tmp_path, "val", transform=build_transforms(SIZE, norm["mean"], norm["std"], train=False))
+    for i, path in enumerate(images):
+        assert torch.equal(bundle.preprocess(path), ds[i][0])
+
+
+def test_predict_writes_csv_and_json(exported, tmp_path, capsys):
+    _, out, images = exported
+    rows = run_predict(out, images, tmp_path / "p.csv")
+    with (tmp_path / "p.csv").open() as fh:
+        reader = csv.DictReader(fh)
+        table = list(reader)
+    assert reader.fieldnames == [
+        "path",
+        "lesion",
+        "lesion_prob",
+        "site",
+        "site_prob",
+        *[f"lesion:{c}" for c in LESION],
+        *[f"site:{c}" for c in SITE],
+    ]
+    assert len(table) == len(images) and [r["path"] for r in table] == [str(p) for p in images]
+    for r in table:
+        assert sum(float(r[f"lesion:{c}"]) for c in LESION) == pytest.approx(1, abs=1e-5)
+        assert float(r["lesion_prob"]) == max(float(r[f"lesion:{c}"]) for c in LESION)
+    run_predict(out, images, tmp_path / "p.json", backend="torchscript")
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert len(data) == len(images) and data[0].keys() == rows[0].keys()
+    run_predict(out, images[:2])
+    printed = capsys.readouterr().out
+    assert str(images[0]) in printed and "lesion" in printed
+    with pytest.raises(UserError, match=r"\.csv or \.json"):
+        write_predictions(rows, load_bundle(out), tmp_path / "p.txt")
+
+
+def test_predict_bad_inputs(exported, tmp_path):
+    _, out, images = exported
+    corrupt = tmp_path / "broken.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    bundle = load_bundle(out)
+    with pytest.raises(UserError, match="broken.jpg"):
+        predict_images(bundle, [images[0], corrupt])
+    with pytest.raises(UserError, match="missing.png"):
+        predict_images(bundle, [tmp_path / "missing.png"])
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "config.json").write_text((out / "config.json").read_text())
+    with pytest.raises(UserError, match="labels.json"):
+        load_bundle(partial)
+    with pytest.raises(UserError, match="no such model folder"):
+        load_bundle(tmp_path / "nowhere")
+
+
+def test_export_errors_and_overwrite(tmp_path):
+    exp = make_layout(tmp_path, seeds=(0, 1), ci=False)
+    with pytest.raises(UserError, match=r"available seeds: 0, 1"):
+        export_model(str(exp), str(tmp_path / "x"), seed=5)
+    out = export_model(str(exp), None, seed=0, n_boot=20)  # default: <experiment>/export
+    assert out == exp / "export" and json.loads((out / "config.json").read_text())["seed"] == 0
+    assert "mtl_vs_single_task" not in json.loads((out / "metrics.json").read_text())
+    export_model(str(exp), str(out), n_boot=20)  # replacing a previous export is fine
+    assert json.loads((out / "config.json").read_text())["seed"] == 1
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not a skintune export"):
+        export_model(str(exp), str(foreign))
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_export_before_retrain(tmp_path):
+    exp = tmp_path / "results" / "fresh"
+    exp.mkdir(parents=True)
+    (exp / "experiment.yaml").write_text(yaml.safe_dump({"name": "fresh"}))
+    with pytest.raises(UserError, match=r"no retrained model under .*skintune retrain --experiment fresh"):
+        export_model(str(exp), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,66 @@
+"""``skintune demo``: the whole pipeline on the synthetic default, one stage after another.
+
+synth -> prepare -> tune -> retrain -> compare -> export, with ``experiments/demo.yaml`` (or
+``experiments/smoke.yaml`` with ``--smoke``). Every stage is resumable and skips what is already done, so an
+interrupted demo continues where it stopped when run again.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from ray import tune
+
+from tuner.config import ExperimentConfig, load_experiment
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _stage(n: int, total: int, text: str) -> float:
+    print(f"\n=== [{n}/{total}] {text} ===", flush=True)
+    return time.perf_counter()
+
+
+def _tune(exp: ExperimentConfig) -> None:
+    from tuner.tune_run import run_tune, tune_dir
+
+    if Path(tune_dir(exp), "results.parquet").exists():
+        print("tune: finished earlier; kept")
+        return
+    run_tune(exp, resume=tune.Tuner.can_restore(tune_dir(exp)))
+
+
+def run_demo(storage: str | None, smoke: bool = False) -> dict:
+    """Run every stage; returns the paths of the report and the exported model."""
+    from tuner.data_step import ensure_data
+    from tuner.export import export_model
+    from tuner.report.build import build_report
+    from tuner.retrain import run_retrain
+
+    started = time.perf_counter()
+    exp = load_experiment(EXPERIMENTS / ("smoke.yaml" if smoke else "demo.yaml"), storage=storage)
+    total = 5
+    _stage(1, total, f"synthesise {exp.data.synth.n} images and prepare shards ({exp.data.root})")
+    ensure_data(exp)
+    _stage(
+        2,
+        total,
+        f"tune: {exp.tune.num_samples} trials, {exp.tune.sampler.upper()} + ASHA, "
+        f"up to {exp.tune.max_epochs} epochs each",
+    )
+    _tune(exp)
+    _stage(3, total, f"retrain the best configuration and the single-task baseline, {exp.retrain.seeds} seeds")
+    run_retrain(exp)
+    _stage(4, total, "compare: paired statistics and the report")
+    report = build_report(exp.experiment_dir)
+    _stage(5, total, "export the best model")
+    export_dir = Path(exp.experiment_dir, "export")
+    export_model(exp.experiment_dir, str(export_dir))
+    minutes = (time.perf_counter() - started) / 60
+    print(f"\ndemo finished in {minutes:.1f} min")
+    print(f"  report:       {report}")
+    print(f"  model:        {export_dir}")
+    print(f"  TensorBoard:  skintune tensorboard --storage {exp.storage} --experiment {exp.name}")
+    print(f"  predict:      skintune predict --model {export_dir} {exp.data.root}/ISIC_2019_Training_Input/*.jpg")
+    return {"report": str(report), "export": str(export_dir), "experiment_dir": exp.experiment_dir}
