@@ -47,7 +47,8 @@ def build_transforms(image_size: int, mean, std, train: bool, augment: Augment |
         steps.append(v2.RandomRotation(aug.rotation))
     if aug.strength > 0:
         s = aug.strength
-        steps.append(v2.ColorJitter(brightness=0.3 * s, contrast=0.3 * s, saturation=0.3 * s, hue=0.05 * s))
+        # no hue jitter: lesion colour is diagnostic (blue-grey, red, brown), and hue shifts are the slowest op
+        steps.append(v2.ColorJitter(brightness=0.3 * s, contrast=0.3 * s, saturation=0.3 * s))
         steps.append(v2.RandAugment(num_ops=2, magnitude=max(1, round(9 * s))))
     return v2.Compose(steps + tail)
 

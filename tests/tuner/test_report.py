@@ -1,0 +1,242 @@
+"""The compare report on a tiny fake-but-complete experiment directory (no Ray, no training)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+from sklearn.metrics import balanced_accuracy_score
+
+from search_spaces import load_space
+from trainables.errors import UserError
+from trainables.metrics import lesion_metrics, prefixed
+from tuner.report import build_report, context, sections
+from tuner.report.search import base_value, edge
+
+LESION, SITES, SEEDS, N = ["MEL", "NV", "BCC"], ["head", "trunk"], [0, 1], 60
+
+
+def _probs(y: np.ndarray, right: float, k: int, rng: np.random.Generator) -> np.ndarray:
+    target = np.where(rng.random(len(y)) < right, y, (y + rng.integers(1, k, len(y))) % k)
+    logits = rng.normal(0, 0.5, (len(y), k))
+    logits[np.arange(len(y)), target] += 2.5
+    e = np.exp(logits)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _write_run(run: Path, arm: str, seed: int, frame: pd.DataFrame, probs: np.ndarray, site_probs) -> None:
+    run.mkdir(parents=True)
+    out = frame.assign(lesion_probs=list(probs), site_probs=list(site_probs) if site_probs is not None else None)
+    order = np.random.default_rng(seed).permutation(len(out)) if seed else np.arange(len(out))
+    out.iloc[order].reset_index(drop=True).to_parquet(run / "predictions.parquet")  # seed 1: another row order
+    test = prefixed(lesion_metrics(frame["lesion"], probs, LESION), "test")
+    metrics = {
+        "arm": arm,
+        "seed": seed,
+        "epochs": 3,
+        "checkpoint": "x",
+        "val": {"val/lesion_bacc": 0.7},
+        "test": test,
+        "wall_s": 12.5,
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+
+
+def _trials() -> pd.DataFrame:
+    rows = [  # trial 3 is best: w_site at the high edge of [0, 2]
+        ("t_00000", "completed", 3, 0.61, 0.9, 0.01, "ce", None),
+        ("t_00001", "stopped_early", 1, 0.42, 0.2, 0.05, "focal", 2.0),
+        ("t_00002", "completed", 3, 0.66, 1.2, 0.002, "ce", None),
+        ("t_00003", "completed", 3, 0.74, 1.98, 0.004, "focal", 1.5),
+        ("t_00004", "diverged", 2, np.nan, 0.5, 0.09, "ce", None),
+        ("t_00005", "error", 0, np.nan, 1.0, 0.0003, "focal", 3.0),
+    ]
+    cols = [
+        "trial_id",
+        "status",
+        "epochs",
+        "best_objective",
+        "param/w_site",
+        "param/lr_head",
+        "param/lesion_loss",
+        "param/focal_gamma",
+    ]
+    table = pd.DataFrame(rows, columns=cols)
+    table["last_objective"], table["best_epoch"], table["wall_s"] = (
+        table["best_objective"],
+        table["epochs"],
+        30.0,
+    )
+    table["param/backbone"], table["param/pretrained"] = "test_efficientnet", False
+    table["error"] = [None] * 5 + ["RuntimeError: boom"]
+    return table
+
+
+def make_experiment(root: Path, with_search: bool = True) -> Path:
+    exp = root / "fake"
+    rng = np.random.default_rng(0)
+    lesion = rng.integers(0, 3, N)
+    site = np.where(rng.random(N) < 0.1, -1, rng.integers(0, 2, N))
+    frame = pd.DataFrame({"image_id": [f"img{i:03d}" for i in range(N)], "lesion": lesion, "site": site})
+    for seed in SEEDS:
+        _write_run(
+            exp / "retrain" / "mtl" / f"seed_{seed}",
+            "mtl",
+            seed,
+            frame,
+            _probs(lesion, 0.9, 3, rng),
+            _probs(np.maximum(site, 0), 0.7, 2, rng),
+        )
+        _write_run(
+            exp / "retrain" / "single_task" / f"seed_{seed}",
+            "single_task",
+            seed,
+            frame,
+            _probs(lesion, 0.45, 3, rng),
+            None,
+        )
+    summary = {
+        "baseline_kind": "ablation",
+        "best_trial": "t_00003",
+        "seeds": SEEDS,
+        "objective": "val/lesion_bacc",
+        "config": {"backbone": "test_efficientnet", "w_site": 1.98},
+        "gpu": False,
+        "commands": ["skintune tune --config experiments/fake.yaml", "skintune retrain --experiment fake"],
+    }
+    (exp / "retrain" / "summary.json").write_text(json.dumps(summary))
+    config = {
+        "name": "fake",
+        "storage": str(root),
+        "data": {"root": "/data", "prepared": None},
+        "search_space": "smoke",
+        "tune": {"metric": "val/lesion_bacc", "mode": "max"},
+        "train": {"workers_per_trial": 2},
+    }
+    (exp / "experiment.yaml").write_text(yaml.safe_dump(config))
+    counts = {
+        s: {
+            "images": n,
+            "groups": n,
+            "lesion": {c: n // 3 for c in LESION},
+            "site": {s: n // 2 - 2 for s in SITES},
+            "site_missing": 4,
+        }
+        for s, n in (("train", 300), ("val", 60), ("test", N))
+    }
+    (exp / "prepared").mkdir()
+    (exp / "prepared" / "dataset.json").write_text(
+        json.dumps(
+            {
+                "lesion_classes": LESION,
+                "site_classes": SITES,
+                "counts": counts,
+                "site_missing_rate": 0.1,
+                "fingerprint": "abc123",
+                "images": 420,
+            }
+        )
+    )
+    if with_search:
+        (exp / "tune").mkdir()
+        _trials().to_parquet(exp / "tune" / "results.parquet")
+    return exp
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    exp = make_experiment(tmp_path_factory.mktemp("report"))
+    return build_report(exp, n_perm=200).parent  # fewer permutations: fast; the statistics have their own tests
+
+
+def test_every_section_is_in_both_formats(report):
+    md, page = (report / "report.md").read_text(), (report / "report.html").read_text()
+    for title in [*sections.TITLES.values(), *context.TITLES.values()]:
+        assert f"## {title}" in md
+        assert f">{title}</h2>" in page
+    assert "ended at the high edge" in md and "`w_site`" in md  # best w_site = 1.98 of [0, 2]
+    assert "stopped early by the scheduler (ASHA) | 1" in md and "diverged (NaN loss) | 1" in md
+    assert "abc123" in md and "skintune retrain --experiment fake" in md
+
+
+def test_html_is_self_contained_and_pngs_decode(report):
+    page = (report / "report.html").read_text()
+    assert not re.search(r"""(src|href)=["'](?!data:|#)""", page)
+    assert "http://" not in page and "https://" not in page
+    uris = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    pngs = sorted(report.glob("*.png"))
+    assert len(uris) == len(pngs) >= 6
+    for blob in [p.read_bytes() for p in pngs] + [base64.b64decode(u) for u in uris]:
+        with Image.open(io.BytesIO(blob)) as img:
+            img.load()
+            assert img.size[0] > 100
+
+
+def test_results_match_the_predictions(report):
+    table = pd.read_parquet(report / "results.parquet")
+    assert list(table.columns) == ["arm", "seed", "metric", "value"]
+    for arm in ("mtl", "single_task"):
+        for seed in SEEDS:
+            preds = pd.read_parquet(report.parent / "retrain" / arm / f"seed_{seed}" / "predictions.parquet")
+            expected = balanced_accuracy_score(preds["lesion"], np.stack(preds["lesion_probs"]).argmax(axis=1))
+            got = table.query("arm == @arm and seed == @seed and metric == 'test/lesion_bacc'")["value"]
+            assert got.item() == pytest.approx(expected)
+    assert {"test/site_acc", "val/lesion_bacc", "test/recall/MEL"} <= set(table["metric"])
+
+
+def test_headline_table_matches_the_per_seed_results(report):
+    table = pd.read_parquet(report / "results.parquet")
+    md = (report / "report.md").read_text()
+    for arm in ("mtl", "single_task"):
+        values = table[(table["arm"] == arm) & (table["metric"] == "test/lesion_bacc")]["value"]
+        assert f"| {values.mean():.3f} ± {values.std(ddof=1):.3f} |" in md
+
+
+def test_verdict_appears(report):
+    md, page = (report / "report.md").read_text(), (report / "report.html").read_text()
+    sentence = re.search(r"> \*\*(MTL is better than single-task by [\d.]+ points of balanced accuracy[^*]*)\*\*", md)
+    assert sentence, md[:2000]
+    assert sentence.group(1).split(" (")[0] in page
+
+
+def test_without_search_and_without_retrain(tmp_path):
+    exp = make_experiment(tmp_path, with_search=False)
+    md = build_report(exp, n_boot=100, n_perm=50).with_name("report.md").read_text()
+    assert "No search results" in md
+    shutil.rmtree(exp / "retrain")
+    with pytest.raises(UserError, match=r"no retrain results under .*skintune retrain --experiment fake"):
+        build_report(exp)
+
+
+def test_missing_or_inconsistent_predictions_are_user_errors(tmp_path):
+    exp = make_experiment(tmp_path, with_search=False)
+    preds = exp / "retrain" / "single_task" / "seed_1" / "predictions.parquet"
+    frame = pd.read_parquet(preds)
+    frame.iloc[:-1].to_parquet(preds)
+    with pytest.raises(UserError, match=r"single_task/seed_1/predictions.parquet: its test images differ"):
+        build_report(exp)
+    preds.unlink()
+    with pytest.raises(UserError, match=r"seed_1/predictions.parquet: not found"):
+        build_report(exp)
+
+
+def test_edges_and_scaled_values_use_the_base_range():
+    space = {p.name: p for p in load_space("mtl").params}
+    lr = space["lr_backbone"]  # [1e-5, 1e-3] log, x10 for resnet18
+    assert base_value(lr, 5e-3, {"backbone": "resnet18"}) == pytest.approx(5e-4)
+    assert edge(lr, 1.2e-5) == "low" and edge(lr, 9e-4) == "high" and edge(lr, 1e-4) == ""
+    assert (
+        edge(space["dropout"], 0.49) == "high"
+        and edge(space["dropout"], 0.02) == "low"
+        and edge(space["dropout"], 0.03) == ""
+    )
+    assert base_value(space["backbone"], "resnet18", {}) == "resnet18"

@@ -1,0 +1,203 @@
+"""The report's figures: one function per figure, each saves a PNG and returns its path (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+ARM_COLORS = {"mtl": "#2f6ea5", "single_task": "#d9822b"}
+ARM_LABELS = {"mtl": "MTL (lesion + site)", "single_task": "single-task"}
+STATUS_COLORS = {
+    "completed": "#2f6ea5",
+    "stopped_early": "#9aa5b1",
+    "diverged": "#c23b22",
+    "error": "#000000",
+}
+DPI = 110
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")  # "tight" keeps legends placed outside the axes
+    plt.close(fig)
+    return path
+
+
+def _style(ax, grid: str = "y") -> None:
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis=grid, alpha=0.3)
+    ax.set_axisbelow(True)
+
+
+def _legend_right(ax) -> None:
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+
+
+def _legend_below(ax, ncol: int) -> None:
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=ncol, fontsize=8, frameon=False)
+
+
+def _slanted(ax, labels: list[str]) -> None:
+    ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", rotation_mode="anchor", fontsize=8)
+
+
+def headline(per_seed: dict[str, dict[str, list[float]]], diffs: dict[str, dict], path: Path) -> Path:
+    """Left: mean per metric and arm with seed dots; right: paired difference (points) with its 95 % CI.
+
+    ``per_seed[metric][arm]`` = values over seeds; ``diffs[metric]`` = {diff, low, high}.
+    """
+    metrics = list(per_seed)
+    fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+    x, width = np.arange(len(metrics)), 0.36
+    for i, arm in enumerate(ARM_COLORS):
+        vals = [per_seed[m][arm] for m in metrics]
+        pos = x + (i - 0.5) * width
+        ax.bar(pos, [np.mean(v) for v in vals], width, color=ARM_COLORS[arm], alpha=0.85, label=ARM_LABELS[arm])
+        for p, v in zip(pos, vals, strict=True):
+            ax.scatter(np.full(len(v), p), v, color="black", s=12, zorder=3)
+    ax.set_xticks(x, metrics)
+    ax.set_ylim(0, 1)
+    ax.set_title("test split, mean over seeds (dots: seeds)")
+    _legend_below(ax, 2)
+    _style(ax)
+    d = np.array([[diffs[m]["diff"], diffs[m]["low"], diffs[m]["high"]] for m in metrics]) * 100
+    y = np.arange(len(metrics))[::-1]
+    ax_d.errorbar(d[:, 0], y, xerr=[d[:, 0] - d[:, 1], d[:, 2] - d[:, 0]], fmt="o", color="#333", capsize=4)
+    ax_d.axvline(0, color="#c23b22", lw=1, ls="--")
+    ax_d.set_yticks(y, metrics)
+    ax_d.set_xlabel("MTL - single-task (points), 95 % CI")
+    ax_d.set_title("paired difference")
+    ax_d.spines[["top", "right"]].set_visible(False)
+    return _save(fig, path)
+
+
+def grouped_rates(
+    labels: list[str], n: np.ndarray, rates: dict[str, np.ndarray], title: str, xlabel: str, path: Path
+) -> Path:
+    """Horizontal bars per group (class or site) and arm: mean rate over seeds, seed range as a whisker,
+    the group's image count next to its name. ``rates[arm]`` is (seeds, groups)."""
+    fig, ax = plt.subplots(figsize=(8, 0.55 * len(labels) + 1.4))
+    y, height = np.arange(len(labels))[::-1], 0.38
+    for i, arm in enumerate(ARM_COLORS):
+        r = np.asarray(rates[arm], dtype=float)
+        mean = np.nanmean(r, axis=0)
+        err = [mean - np.nanmin(r, axis=0), np.nanmax(r, axis=0) - mean]
+        ax.barh(
+            y + (0.5 - i) * height,
+            np.nan_to_num(mean),
+            height,
+            xerr=np.nan_to_num(err),
+            color=ARM_COLORS[arm],
+            alpha=0.85,
+            label=ARM_LABELS[arm],
+            error_kw={"lw": 0.8},
+        )
+    ax.set_yticks(y, [f"{lab}  (n={k})" for lab, k in zip(labels, n, strict=True)])
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    _legend_right(ax)
+    _style(ax, "x")
+    return _save(fig, path)
+
+
+def confusion(cms: dict[str, np.ndarray], classes: list[str], n_seeds: int, path: Path) -> Path:
+    """Side-by-side confusion matrices pooled over seeds: colour = row share, text = count."""
+    k = len(classes)
+    fig, axes = plt.subplots(1, len(cms), figsize=(4.2 * len(cms) + 0.6, 0.45 * k + 2.6))
+    for ax, (arm, cm) in zip(np.atleast_1d(axes), cms.items(), strict=True):
+        rows = cm.sum(axis=1, keepdims=True)
+        share = np.divide(cm, rows, out=np.zeros_like(cm, dtype=float), where=rows > 0)
+        ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+        for i in range(k):
+            for j in range(k):
+                ax.text(
+                    j,
+                    i,
+                    int(cm[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if share[i, j] > 0.6 else "black",
+                )
+        _slanted(ax, classes)
+        ax.set_yticks(range(k), classes, fontsize=8)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        ax.set_title(f"{ARM_LABELS[arm]} ({n_seeds} seeds pooled)", fontsize=10)
+    return _save(fig, path)
+
+
+def objective(trials: pd.DataFrame, metric: str, mode: str, path: Path) -> Path:
+    """Each trial's best objective in creation order, coloured by outcome, and the best so far."""
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    x = np.arange(len(trials))
+    values = trials["best_objective"].to_numpy(dtype=float)
+    finite = np.isfinite(values)
+    floor = np.nanmin(values) - 0.05 * (np.nanmax(values) - np.nanmin(values) or 1) if finite.any() else 0.0
+    for status, color in STATUS_COLORS.items():
+        rows = (trials["status"] == status).to_numpy()
+        if rows.any():
+            ax.scatter(
+                x[rows & finite],
+                values[rows & finite],
+                color=color,
+                s=26,
+                label=f"{status} ({rows.sum()})",
+                zorder=3,
+            )
+            ax.scatter(
+                x[rows & ~finite],
+                np.full((rows & ~finite).sum(), floor),
+                color=color,
+                marker="x",
+                s=30,
+                zorder=3,
+            )
+    filled = np.where(np.isfinite(values), values, -np.inf if mode == "max" else np.inf)
+    best = np.maximum.accumulate(filled) if mode == "max" else np.minimum.accumulate(filled)
+    ax.step(x, np.where(np.isfinite(best), best, np.nan), where="post", color="#555", lw=1.2, label="best so far")
+    ax.set_xlabel("trial (creation order)")
+    ax.set_ylabel(f"best {metric}")
+    ax.set_title("objective over trials (x: no value)")
+    _legend_right(ax)
+    _style(ax)
+    return _save(fig, path)
+
+
+def importances(found: dict[str, float], path: Path) -> Path:
+    names = list(found)[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1.3))
+    ax.barh(names, [found[n] for n in names], color="#2f6ea5")
+    ax.set_xlabel("importance (fANOVA, sums to 1)")
+    ax.set_title("parameter importances")
+    _style(ax, "x")
+    return _save(fig, path)
+
+
+def data_counts(counts: dict[str, dict], lesion_classes: list[str], site_classes: list[str], path: Path) -> Path:
+    """Stacked bars: images per lesion class (left) and per site (right, missing included) in each split."""
+    splits = [s for s in ("train", "val", "test") if s in counts]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    parts = [("lesion class", lesion_classes, "lesion"), ("body site", [*site_classes, "missing"], "site")]
+    for ax, (title, names, key) in zip(axes, parts, strict=True):
+        bottom = np.zeros(len(names))
+        for split, color in zip(splits, ("#2f6ea5", "#7fb0d9", "#d9822b"), strict=False):
+            c = counts[split]
+            if key == "lesion":
+                vals = np.array([c["lesion"].get(n, 0) for n in lesion_classes], dtype=float)
+            else:
+                vals = np.array([*(c["site"].get(n, 0) for n in site_classes), c.get("site_missing", 0)], dtype=float)
+            ax.bar(names, vals, bottom=bottom, color=color, label=split)
+            bottom += vals
+        ax.set_title(f"images per {title} and split")
+        _slanted(ax, names)
+        _style(ax)
+    _legend_right(axes[1])
+    return _save(fig, path)
