@@ -1,9 +1,9 @@
 """Loader benchmark: images/second from prepared shards vs decoding the original JPEGs every epoch.
 
 ISIC-sized originals (1024x768 JPEGs, made from the synthetic generator's images, upscaled with noise so they do
-not compress unrealistically well), 224 px output, the same training augmentation and the same number of
-DataLoader workers on both sides. Goal (issue 2): shards at least 5x faster. Measured twice: with the training augmentation (the same on both
-sides, so its cost caps the ratio) and without (what preparing the shards alone saves).
+not compress unrealistically well), 224 px output, the same transforms and the same number of DataLoader workers
+on both sides. Goal (issue 2): shards at least 5x faster. Measured twice: with the training augmentation (the same
+on both sides, so its cost caps the ratio) and without (what preparing the shards alone saves).
 
     python -m benchmarks.bench_loader [--n 256] [--workers 2]
 """

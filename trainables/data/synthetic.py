@@ -11,11 +11,14 @@ imbalance is flattened so that DF and VASC appear at small n: NV 39 % instead of
 site table (so about 9 % of sites are empty, most of them NV). A lesion has 1-4 images (views differing in
 rotation, scale, offset and lighting, same shape and colours) sharing a ``lesion_id``; ~5 % have none.
 
-Image model: the skin (tone per patient; texture, redness, freckles, dry-skin cracks, acral ridges and hair per
-body site) carries the site; the lesion (size, border, colours, network, dots, vessels, scar, keratin per
-diagnosis, see ``DX``) carries the diagnosis. Look-alike pairs (AK/BKL/SCC, MEL/NV, DF/NV) overlap in
-appearance but not in where they occur, so reading the background helps. Each image has its own RNG from
-(seed, index) and each lesion from (seed, lesion), so the bytes do not depend on the number of workers.
+Image model: the skin (tone per patient; texture, redness, freckles, dry-skin scale, acral ridges and hair
+per body site) carries the site; the lesion (size, border, colours, network, dots, vessels, scar, keratin per
+diagnosis, see ``DX``) carries the diagnosis. Some lesions are drawn part-way towards a look-alike class
+(``LOOKALIKE``: MEL/NV, AK/BKL, SCC->AK, DF->NV), and those pairs differ in where they occur, so reading the
+background (which a site head makes a model do) genuinely helps the lesion task.
+
+Each image has its own RNG from (seed, image index) and each lesion from (seed, lesion index), so the bytes do
+not depend on the number of worker processes. Images are written as they are drawn (memory stays flat).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import json
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +62,12 @@ COLOURS = {name: np.array(rgb, np.float32) for name, rgb in {
     "tan": (0.76, 0.56, 0.40), "brown": (0.52, 0.33, 0.21), "dark": (0.30, 0.18, 0.12),
     "black": (0.12, 0.08, 0.08), "bluegrey": (0.36, 0.40, 0.50), "pink": (0.90, 0.56, 0.56),
     "red": (0.74, 0.16, 0.20), "purple": (0.42, 0.14, 0.32), "white": (0.96, 0.93, 0.90),
-    "keratin": (0.95, 0.88, 0.78), "grey": (0.58, 0.54, 0.56), "maroon": (0.42, 0.08, 0.12)}.items()}  # fmt: skip
+    "keratin": (0.95, 0.88, 0.78), "grey": (0.58, 0.54, 0.56), "maroon": (0.42, 0.08, 0.12),
+}.items()}  # fmt: skip
+# Look-alikes: with this probability a lesion's appearance is drawn part-way (25-100 %) towards the other
+# class, so telling these pairs apart needs context: where on the body they occur.
+LOOKALIKE = {"MEL": ("NV", 0.4), "NV": ("MEL", 0.2), "BCC": ("BKL", 0.15), "AK": ("BKL", 0.55),
+             "BKL": ("AK", 0.35), "DF": ("NV", 0.5), "SCC": ("AK", 0.5)}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -140,8 +148,7 @@ def _noise(rng: np.random.Generator, size: int, cells: float) -> np.ndarray:
 
 
 def _mask(draw_fn, size: int, blur: float = 0.0, ss: int = 2) -> np.ndarray:
-    """Anti-aliased [0, 1] mask drawn by ``draw_fn(draw, scale)`` at ``ss`` times the size, blurred by
-    ``blur`` half-widths (a resolution-independent softness)."""
+    """Anti-aliased [0, 1] mask drawn by ``draw_fn(draw, scale)``, blurred by ``blur`` half-widths."""
     img = Image.new("L", (size * ss, size * ss))
     draw_fn(ImageDraw.Draw(img), size * ss)
     if blur:
@@ -179,44 +186,45 @@ def _skin(rng: np.random.Generator, site: Site, tone: float, size: int) -> np.nd
     """Site-dependent skin; ``tone`` (per patient, ~N(0, 1)) darkens and browns it."""
     base = np.array(site.colour, np.float32) - tone * np.array([0.09, 0.12, 0.12], np.float32)
     furrows = np.exp(-((_noise(rng, size, 10) / 0.12) ** 2))  # the criss-cross lines of the skin surface
-    shade = 1 + 0.04 * _noise(rng, size, 3) + site.texture * _noise(rng, size, 50) - 0.04 * furrows
+    texture, blotch, freckles = rng.lognormal(0, 0.4, 3) * (site.texture, site.blotch, site.freckles)
+    shade = 1 + 0.04 * _noise(rng, size, 3) + texture * _noise(rng, size, 50) - 0.04 * furrows
     img = base * shade[..., None]
-    if site.blotch:  # sun damage: reddish patches
-        red = np.clip(_noise(rng, size, 7) - 0.2, 0, None) * site.blotch
+    if blotch:  # sun damage: reddish patches
+        red = np.clip(_noise(rng, size, 7) - 0.2, 0, None) * blotch
         img += red[..., None] * np.array([0.02, -0.12, -0.09], np.float32)
-    if site.freckles:
-        spots = np.clip((_noise(rng, size, 26) - 1.8) * 2, 0, 1) * site.freckles
+    if freckles:
+        spots = np.clip((_noise(rng, size, 26) - 1.8) * 2, 0, 1) * freckles
         img *= 1 - spots[..., None] * np.array([0.15, 0.25, 0.32], np.float32)
     if site.cracks:  # dry skin: whitish scale along the furrows
         img += (furrows * site.cracks)[..., None] * np.array([0.14, 0.14, 0.15], np.float32)
     if site.ridges:  # acral skin: parallel ridges and furrows, sweat pores on the ridges
         u, v = _grid(size)
         th = rng.uniform(0, np.pi)
-        ridge = 0.5 + 0.5 * np.sin(
-            2 * np.pi * 12 * (u * np.cos(th) + v * np.sin(th)) + 2.5 * _noise(rng, size, 3)
-        )
+        along = 24 * np.pi * (u * np.cos(th) + v * np.sin(th))
+        ridge = 0.5 + 0.5 * np.sin(along + 2.5 * _noise(rng, size, 3))
         img *= (1 - site.ridges * 0.12 * (1 - ridge))[..., None]
         img += (np.clip((_noise(rng, size, 40) - 2.0) * ridge, 0, 1) * 0.15)[..., None]
     return img
 
 
+def _polyline(xs: np.ndarray, ys: np.ndarray, s: int) -> list[tuple[float, float]]:
+    """Points in [-1, 1] image coordinates to pixels of an ``s``-pixel canvas."""
+    return list(zip(((xs + 1) * s / 2).tolist(), ((ys + 1) * s / 2).tolist(), strict=True))
+
+
 def _hair(rng: np.random.Generator, img: np.ndarray, count: float, colour: np.ndarray) -> np.ndarray:
-    n = rng.poisson(count)
-    if n == 0:
-        return img
-    theta, size = rng.uniform(0, np.pi), img.shape[0]
+    """Poisson(count) gently curved hairs, roughly parallel, drawn over everything."""
+    n, theta = rng.poisson(count), rng.uniform(0, np.pi)
 
     def draw(d: ImageDraw.ImageDraw, s: int) -> None:
         for _ in range(n):
-            length, bend = rng.uniform(0.3, 1.2) * s, rng.normal(0, 0.6)
-            angles = theta + rng.normal(0, 0.3) + bend * np.linspace(0, 1, 10)
-            x, y = rng.uniform(-0.2, 1.2, 2) * s
-            xs = x + np.cumsum(np.cos(angles)) * length / 10
-            ys = y + np.cumsum(np.sin(angles)) * length / 10
+            angles = theta + rng.normal(0, 0.3) + rng.normal(0, 0.6) * np.linspace(0, 1, 10)
+            step, (x, y) = rng.uniform(0.06, 0.24), rng.uniform(-1.4, 1.4, 2)
+            xs, ys = x + np.cumsum(np.cos(angles)) * step, y + np.cumsum(np.sin(angles)) * step
             width = max(1, round(rng.uniform(0.5, 1.4) * s / 128))
-            d.line(list(zip(xs.tolist(), ys.tolist())), fill=int(rng.uniform(160, 255)), width=width)
+            d.line(_polyline(xs, ys, s), fill=int(rng.uniform(160, 255)), width=width)
 
-    m = _mask(draw, size)[..., None]
+    m = _mask(draw, img.shape[0])[..., None] if n else 0
     return img * (1 - m) + colour * m
 
 
@@ -230,7 +238,8 @@ def _shape(rng: np.random.Generator, d: Dx, size: int) -> tuple[np.ndarray, np.n
     phase = rng.uniform(0, 2 * np.pi, k.size)
     angles = np.linspace(-np.pi, np.pi, 721, dtype=np.float32)  # the border on a table of angles
     table = 1 + (amp[:, None] * np.cos(k[:, None] * angles + phase[:, None])).sum(0)
-    edge = r0 * (table[np.rint((th + np.pi) * (360 / np.pi)).astype(int)] + 0.3 * d.irregular * _noise(rng, size, 14))
+    jagged = 0.3 * d.irregular * _noise(rng, size, 14)
+    edge = r0 * (table[np.rint((th + np.pi) * (360 / np.pi)).astype(int)] + jagged)
     soft = max(0.012, d.soft * rng.lognormal(0, 0.3) * r0)
     mask = 0.5 + 0.5 * np.tanh((edge - rho) / soft)
     return mask.astype(np.float32), (rho / np.maximum(edge, 1e-3)).astype(np.float32), r0
@@ -245,7 +254,7 @@ def _dots(rng: np.random.Generator, size: int, r0: float, count: float, radius: 
     rad = radius * rng.lognormal(0, 0.3, n)
 
     def draw(dr: ImageDraw.ImageDraw, s: int) -> None:
-        for x, y, r in zip(np.cos(th) * rho, np.sin(th) * rho, rad):
+        for x, y, r in zip(np.cos(th) * rho, np.sin(th) * rho, rad, strict=True):
             cx, cy, rr = (x + 1) * s / 2, (y + 1) * s / 2, max(r * s / 2, 0.7)
             dr.ellipse((cx - rr, cy - rr, cx + rr, cy + rr), fill=255)
 
@@ -254,36 +263,40 @@ def _dots(rng: np.random.Generator, size: int, r0: float, count: float, radius: 
 
 def _vessels(rng: np.random.Generator, size: int, r0: float, count: float) -> np.ndarray:
     """Arborizing vessels: branching random walks that start near the border and thin inwards."""
+    starts = rng.uniform(0, 2 * np.pi, rng.poisson(count))
 
     def draw(d: ImageDraw.ImageDraw, s: int) -> None:
         stack = [
-            (a, 0.8 * r0, a + np.pi + rng.normal(0, 0.4), 3.0) for a in rng.uniform(0, 7, rng.poisson(count))
+            (0.8 * r0 * np.cos(t), 0.8 * r0 * np.sin(t), t + np.pi + rng.normal(0, 0.4), 3.0) for t in starts
         ]
         while stack:
-            a, r, heading, width = stack.pop()
-            x, y = np.cos(a) * r, np.sin(a) * r
-            pts = [(x, y)]
-            for _ in range(6):
-                heading += rng.normal(0, 0.35)
-                x, y = x + np.cos(heading) * r0 * 0.1, y + np.sin(heading) * r0 * 0.1
-                pts.append((x, y))
-            d.line(
-                [((px + 1) * s / 2, (py + 1) * s / 2) for px, py in pts],
-                fill=230,
-                width=round(width * s / 256) or 1,
-            )
+            x, y, heading, width = stack.pop()
+            headings = heading + np.cumsum(rng.normal(0, 0.35, 6))
+            xs = x + np.concatenate([[0], np.cumsum(np.cos(headings))]) * r0 * 0.1
+            ys = y + np.concatenate([[0], np.cumsum(np.sin(headings))]) * r0 * 0.1
+            d.line(_polyline(xs, ys, s), fill=230, width=round(width * s / 256) or 1)
             if width > 1.2:
-                for turn in (-0.6, 0.6):
-                    stack.append((np.arctan2(y, x), np.hypot(x, y), heading + turn, width * 0.6))
+                stack += [(xs[-1], ys[-1], headings[-1] + turn, width * 0.6) for turn in (-0.6, 0.6)]
 
     return _mask(draw, size)
+
+
+def _look(rng: np.random.Generator, dx: str) -> Dx:
+    """The lesion's appearance: its class's own, or (see LOOKALIKE) part-way towards a look-alike class."""
+    partner, chance = LOOKALIKE.get(dx, (dx, 0.0))
+    if rng.random() >= chance:
+        return DX[dx]
+    t, own, other = rng.uniform(0.25, 1.0), DX[dx], DX[partner]
+    numbers = [f.name for f in fields(Dx) if isinstance(getattr(own, f.name), (int, float))]
+    mixed = {k: (1 - t) * getattr(own, k) + t * getattr(other, k) for k in numbers}
+    return replace(other if t > 0.5 else own, **mixed)
 
 
 def _lesion(rng: np.random.Generator, d: Dx, size: int, tone: float) -> tuple[np.ndarray, np.ndarray]:
     """The lesion in its own frame: premultiplied RGB and alpha."""
     mask, rel, r0 = _shape(rng, d, size)
     base = COLOURS[d.colours[0] if rng.random() > 0.2 else d.colours[rng.integers(1, 3)]]  # like a neighbour
-    base = np.clip(base * rng.normal(1 - 0.05 * tone, 0.07, 3), 0, 1).astype(np.float32)
+    base = np.clip(base * rng.normal(1 - 0.05 * tone, 0.08) * rng.normal(1, 0.03, 3), 0, 1).astype(np.float32)
     atyp = float(np.clip(d.atypical + rng.normal(0, 0.2), 0, 1))
     a = mask * float(np.clip(d.opacity * rng.normal(1, 0.1), 0.2, 1))
     centre = 1 - 0.25 * (1 - rel) * rng.uniform(-0.5, 1)  # darker or lighter centre
@@ -306,9 +319,8 @@ def _lesion(rng: np.random.Generator, d: Dx, size: int, tone: float) -> tuple[np
         scar = np.clip(1.5 * (1 - rel / 0.5) + 0.6 * _noise(rng, size, 6), 0, 1) * rng.lognormal(0, 0.4)
         _paint(p, a, COLOURS["white"] * np.array([0.97, 0.9, 0.88], np.float32), scar * d.scar * mask)
     if d.keratin:
-        crust = np.clip(_noise(rng, size, 6) + 1.2 * (1 - rel) - 0.8, 0, 1) * (
-            0.7 + 0.3 * _noise(rng, size, 30)
-        )
+        crust = np.clip(_noise(rng, size, 6) + 1.2 * (1 - rel) - 0.8, 0, 1)
+        crust *= 0.7 + 0.3 * _noise(rng, size, 30)  # rough surface
         _paint(p, a, COLOURS["keratin"], crust * d.keratin * rng.lognormal(0, 0.4) * mask)
     return p, a
 
@@ -319,13 +331,11 @@ def _view(rng: np.random.Generator, p: np.ndarray, a: np.ndarray) -> tuple[np.nd
     th, scale, off = rng.uniform(0, 2 * np.pi), rng.lognormal(0, 0.12), rng.normal(0, 0.08, 2)
     m = np.array([[np.cos(th), np.sin(th)], [-np.sin(th), np.cos(th)]]) / scale
     m[:, 0] *= rng.choice([-1, 1])
-    h = size / 2
-    c = h - m @ (h * (1 + off))
+    c = size / 2 - m @ (size / 2 * (1 + off))  # output pixel -> lesion-frame pixel
     data = (m[0, 0], m[0, 1], c[0], m[1, 0], m[1, 1], c[1])
-    chans = [np.dstack([p, a])[..., i] for i in range(4)]
+    chans = [np.ascontiguousarray(ch) for ch in (p[..., 0], p[..., 1], p[..., 2], a)]
     out = [
-        np.asarray(Image.fromarray(ch, "F").transform((size, size), Image.AFFINE, data, Image.BILINEAR))
-        for ch in chans
+        np.asarray(Image.fromarray(ch).transform(a.shape, Image.AFFINE, data, Image.BILINEAR)) for ch in chans
     ]
     return np.dstack(out[:3]), np.clip(out[3], 0, 1)
 
@@ -343,13 +353,13 @@ def _optics(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
 
 
 def _render(job: tuple) -> None:
-    """Draw one image and write it; ``job`` = (path, size, seed, lesion index, image index, dx, site, male)."""
+    """Draw and write one image; ``job`` = (path, size, seed, lesion index, image index, dx, site, male)."""
     path, size, seed, lesion, index, dx, site, male = job
     lrng = np.random.default_rng([seed, 0, lesion])  # the lesion and its patient: same in every view
     vrng = np.random.default_rng([seed, 1, index])  # this view
     tone, hair = lrng.normal(0, 1), lrng.lognormal(0.3 if male else -0.7, 0.5)
     hair_colour = COLOURS["black"] * lrng.uniform(0.5, 2.5)
-    p, a = _view(vrng, *_lesion(lrng, DX[dx], size, tone))
+    p, a = _view(vrng, *_lesion(lrng, _look(lrng, dx), size, tone))
     img = _skin(vrng, SITES[site], tone, size) * (1 - a[..., None]) + p
     img = _optics(vrng, _hair(vrng, img, SITES[site].hair * hair, hair_colour))
     Image.fromarray((np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)).save(path, quality=90)
@@ -371,9 +381,10 @@ def _plan(n: int, seed: int) -> list[dict]:
         no_id = views == 1 and rng.random() < 0.18  # ~5 % of images, like the older ISIC images
         male, unknown = rng.random() < 0.53, rng.random() < 0.015
         age = int(np.clip(round((AGE[CLASSES[dx]] + rng.normal(0, 14)) / 5) * 5, 5, 85))
+        sex = "" if unknown else ("male" if male else "female")
         meta = {"dx": CLASSES[dx], "site": site, "site_label": "" if missing else site, "lesion": lesion,
-                "lesion_id": "" if no_id else f"SYN_{lesion:07d}", "male": male,
-                "sex": "" if unknown else ("male" if male else "female"), "age": "" if unknown else f"{age:.1f}"}  # fmt: skip
+                "lesion_id": "" if no_id else f"SYN_{lesion:07d}", "male": male, "sex": sex,
+                "age": "" if unknown else f"{age:.1f}"}  # fmt: skip
         rows += [dict(meta) for _ in range(views)]
         lesion += 1
     rows = [rows[i] for i in rng.permutation(n)]
@@ -404,17 +415,11 @@ def _check(out: Path, n: int, image_size: int, seed: int, workers: int | None) -
         raise UserError(f"synthetic data: seed {seed} is negative; use --seed 0 or more")
     if workers is not None and workers < 1:
         raise UserError(f"synthetic data: workers={workers}; use 1 or more (or leave it out for all cores)")
-    args = {
-        "generator": "skintune-synthetic",
-        "version": VERSION,
-        "n": n,
-        "image_size": image_size,
-        "seed": seed,
-    }
+    args = dict(generator="skintune-synthetic", version=VERSION, n=n, image_size=image_size, seed=seed)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not _is_complete(out, args):
         raise UserError(
             f"{out} already exists and is not a synthetic dataset made with n={n}, image size {image_size}, "
-            f"seed {seed}; choose a new --out directory or delete it"
+            f"seed {seed} (generator version {VERSION}); choose a new --out directory or delete it"
         )
     return args
 
@@ -441,7 +446,7 @@ def generate(
     ``<out>.partial`` and renames it at the end, so an interrupted run never looks complete; returns at once
     if ``out`` already holds the dataset made with these arguments.
     """
-    out = Path(out).expanduser()
+    out = Path(os.path.abspath(Path(out).expanduser()))  # so that "." has a name for the .partial sibling
     args = _check(out, n, image_size, seed, workers)
     if _is_complete(out, args):
         return out
@@ -449,8 +454,8 @@ def generate(
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / IMAGES).mkdir(parents=True)
     rows = _plan(n, seed)
-    jobs = [(str(tmp / IMAGES / f"{r['image']}.jpg"), image_size, seed, r["lesion"], i, r["dx"], r["site"], r["male"])
-            for i, r in enumerate(rows)]  # fmt: skip
+    jobs = [(str(tmp / IMAGES / f"{r['image']}.jpg"), image_size, seed, r["lesion"], i, r["dx"], r["site"],
+             r["male"]) for i, r in enumerate(rows)]  # fmt: skip
     workers = min(workers or os.cpu_count() or 1, n)
     with tqdm(total=n, desc="synthetic images", unit="img", disable=not progress) as bar:
         if workers == 1:
@@ -470,9 +475,7 @@ def generate(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        description="Write a synthetic dermoscopy dataset in the ISIC 2019 layout."
-    )
+    parser = argparse.ArgumentParser(description="Write synthetic dermoscopy images in the ISIC 2019 layout.")
     parser.add_argument("--out", required=True)
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--image-size", type=int, default=128)
@@ -482,7 +485,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         print(generate(a.out, a.n, a.image_size, a.seed, a.workers))
     except UserError as e:
-        raise SystemExit(f"error: {e}") from None
+        parser.exit(2, f"error: {e}\n")
 
 
 if __name__ == "__main__":
