@@ -26,7 +26,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, min_cpus: 
         env["env_vars"]["RAY_ADDRESS"] = address
         ray.init(address=address, runtime_env=env, logging_level=logging.WARNING)
     else:
-        cpus = num_cpus or max(os.cpu_count() or 1, min_cpus)
+        # one logical CPU more than cores: it hosts the trials' drivers (a quarter CPU each, they only wait)
+        cpus = num_cpus or max((os.cpu_count() or 1) + 1, min_cpus)
         ray.init(
             num_cpus=cpus,
             include_dashboard=True,

@@ -52,7 +52,7 @@ def run_study(space: SearchSpace, n: int, seed: int = 0) -> tuple[optuna.Study, 
     return study, samples
 
 
-@pytest.mark.parametrize("name", ["mtl", "single_task", "smoke"])
+@pytest.mark.parametrize("name", ["demo", "mtl", "single_task", "smoke"])
 def test_shipped_space_samples_valid_values(name: str) -> None:
     space = load_space(name, known_keys=KNOWN_KEYS)
     assert name in shipped() and space.name == name and Path(space.path).is_file()
@@ -207,7 +207,7 @@ def test_every_problem_in_a_file_is_reported_together() -> None:
 
 
 def test_unknown_shipped_name_lists_the_shipped_spaces() -> None:
-    with pytest.raises(UserError, match=r"'mlt': no such file \(shipped spaces: mtl, single_task, smoke\)"):
+    with pytest.raises(UserError, match=r"'mlt': no such file \(shipped spaces: demo, mtl, single_task, smoke\)"):
         load_space("mlt")
 
 
@@ -219,7 +219,7 @@ def test_exponent_without_dot_is_read_as_a_number(tmp_path: Path) -> None:
     assert (param.low, param.high) == (1e-4, 1e-2)
 
 
-@pytest.mark.parametrize("name", ["mtl", "single_task", "smoke"])
+@pytest.mark.parametrize("name", ["demo", "mtl", "single_task", "smoke"])
 def test_samples_are_valid_train_configs(name: str) -> None:
     from trainables.config import TRAIN_KEYS, parse_train_config
 
