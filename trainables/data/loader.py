@@ -9,6 +9,7 @@ image, shared copy-on-write with DataLoader worker processes). Each item is deco
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,10 @@ from torchvision.transforms import v2
 
 from trainables.data.prepare import load_info
 from trainables.errors import UserError
+
+# torchvision 0.29 deprecates its JPEG codec in favour of TorchCodec, which needs FFmpeg's libraries; the codec
+# still works (libjpeg-turbo) and is the fastest option here, so only this one warning is silenced.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
 
 
 @dataclass(frozen=True)
