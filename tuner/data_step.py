@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from trainables.errors import UserError
 from tuner.config import ExperimentConfig, is_uri
 
 
@@ -17,7 +18,10 @@ def ensure_data(exp: ExperimentConfig, progress: bool = True) -> str:
 
         generate(d.root, n=d.synth.n, image_size=d.synth.image_size, seed=d.synth.seed, progress=progress)
     if is_uri(exp.prepared_dir):
-        raise NotImplementedError("preparing straight to cloud storage: prepare locally, then upload")
+        raise UserError(
+            f"data.prepared = {exp.prepared_dir}: prepared shards must be on a local or shared file system for now; "
+            "set data.prepared to a local path (results may still go to cloud storage later)"
+        )
     opts = PrepareOptions(
         format=d.format,
         root=d.root,

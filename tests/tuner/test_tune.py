@@ -119,11 +119,14 @@ def test_resume_after_driver_sigkill(ray_cluster, make_experiment, tmp_path):
     )
     deadline = time.time() + 300
     try:
-        # kill when the first trial has finished and the second is running
+        # kill when the first trial has finished and the second is in its second epoch. (Killed in the instant
+        # between a trial's placement group and its workers, Ray 2.60 can leak that group on a shared cluster:
+        # see README, known limitations.)
         while time.time() < deadline:
             trials = _trial_dirs(exp)
             done = [t for t in trials if _progress_rows(t) >= 2]
-            if done and len(trials) >= 2:
+            running = [t for t in trials if _progress_rows(t) == 1]
+            if done and running:
                 break
             assert driver.poll() is None, "the driver ended before it could be killed"
             time.sleep(0.5)
@@ -133,6 +136,7 @@ def test_resume_after_driver_sigkill(ray_cluster, make_experiment, tmp_path):
         if driver.poll() is None:
             driver.kill()
     finished_before = {t.name: t.joinpath("progress.csv").read_text() for t in done}
+    interrupted = running[0].name
     assert finished_before and not Path(tune_dir(exp), "results.parquet").exists()
 
     _, table = run_tune(exp, resume=True)
@@ -142,6 +146,9 @@ def test_resume_after_driver_sigkill(ray_cluster, make_experiment, tmp_path):
     for name, rows in finished_before.items():  # finished trials kept, not re-run
         assert (Path(tune_dir(exp)) / name / "progress.csv").read_text() == rows
     assert all(_progress_rows(t) >= 2 for t in trials)
+    # the interrupted trial resumed from its epoch-1 checkpoint: epoch 1 was not trained again
+    epochs = pd.read_csv(Path(tune_dir(exp)) / interrupted / "progress.csv")["epoch"].tolist()
+    assert epochs == [1, 2]
 
     with pytest.raises(UserError, match="no experiment to resume"):
         check_start(make_experiment("never-ran"), resume=True)
