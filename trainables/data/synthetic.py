@@ -266,9 +266,7 @@ def _vessels(rng: np.random.Generator, size: int, r0: float, count: float) -> np
     starts = rng.uniform(0, 2 * np.pi, rng.poisson(count))
 
     def draw(d: ImageDraw.ImageDraw, s: int) -> None:
-        stack = [
-            (0.8 * r0 * np.cos(t), 0.8 * r0 * np.sin(t), t + np.pi + rng.normal(0, 0.4), 3.0) for t in starts
-        ]
+        stack = [(0.8 * r0 * np.cos(t), 0.8 * r0 * np.sin(t), t + np.pi + rng.normal(0, 0.4), 3.0) for t in starts]
         while stack:
             x, y, heading, width = stack.pop()
             headings = heading + np.cumsum(rng.normal(0, 0.35, 6))
@@ -334,9 +332,7 @@ def _view(rng: np.random.Generator, p: np.ndarray, a: np.ndarray) -> tuple[np.nd
     c = size / 2 - m @ (size / 2 * (1 + off))  # output pixel -> lesion-frame pixel
     data = (m[0, 0], m[0, 1], c[0], m[1, 0], m[1, 1], c[1])
     chans = [np.ascontiguousarray(ch) for ch in (p[..., 0], p[..., 1], p[..., 2], a)]
-    out = [
-        np.asarray(Image.fromarray(ch).transform(a.shape, Image.AFFINE, data, Image.BILINEAR)) for ch in chans
-    ]
+    out = [np.asarray(Image.fromarray(ch).transform(a.shape, Image.AFFINE, data, Image.BILINEAR)) for ch in chans]
     return np.dstack(out[:3]), np.clip(out[3], 0, 1)
 
 
