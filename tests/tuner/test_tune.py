@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import optuna
 import pandas as pd
 import pytest
 import yaml
@@ -45,8 +46,9 @@ def _trial_dirs(exp) -> list[Path]:
     return sorted(p for p in Path(tune_dir(exp)).glob("trial_driver_*") if p.is_dir())
 
 
-def test_search_with_early_stopping_table_and_tensorboard(ray_cluster, make_experiment):
+def test_search_with_early_stopping_table_and_tensorboard(ray_cluster, make_experiment, tmp_path):
     # val/loss (continuous) as the objective so that ASHA can tell trials apart after one epoch
+    study = f"sqlite:///{tmp_path / 'study.db'}"  # kept for optuna-dashboard
     exp = make_experiment(
         "search",
         tune={
@@ -56,6 +58,7 @@ def test_search_with_early_stopping_table_and_tensorboard(ray_cluster, make_expe
             "reduction_factor": 2,
             "metric": "val/loss",
             "mode": "min",
+            "study_storage": study,
         },
     )
     _, table = run_tune(exp)
@@ -75,6 +78,9 @@ def test_search_with_early_stopping_table_and_tensorboard(ray_cluster, make_expe
     assert saved["checkpoint_path"].map(lambda p: Path(p, "model.safetensors").exists()).all()
     resolved = yaml.safe_load(Path(exp.experiment_dir, "experiment.yaml").read_text())
     assert resolved["tune"]["num_samples"] == 5 and resolved["name"] == "search"
+
+    trials = optuna.load_study(study_name="search", storage=study).trials
+    assert len(trials) == 5 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
 
     # an existing experiment is never overwritten
     with pytest.raises(UserError, match="--resume"):
