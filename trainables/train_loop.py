@@ -86,7 +86,10 @@ def _loaders(cfg: TrainConfig, info: dict, rank: int, world: int, on_gpu: bool) 
         seed=cfg.seed,
         drop_last=len(train_set) >= 2 * world * cfg.batch_size,
     )
-    train = DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, **common)
+    # a ragged last batch is dropped, unless a rank holds less than one batch (tiny data): then it is all there is
+    train = DataLoader(
+        train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=len(sampler) > cfg.batch_size, **common
+    )
     val = DataLoader(rank_slice(val_set, rank, world), batch_size=2 * cfg.batch_size, **common)
     return prepare_data_loader(train, add_dist_sampler=False), val
 
@@ -145,7 +148,6 @@ def setup(cfg: TrainConfig, rank: int, world: int) -> Run:
     autocast = (
         functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16) if (on_gpu and cfg.amp != "off") else None
     )
-    unwrap(model).weights_source = weights_source
     return Run(
         cfg,
         info,

@@ -106,6 +106,17 @@ def _boot_counts(rng: np.random.Generator, n: int, reps: int) -> np.ndarray:
     return np.bincount(draws.ravel(), minlength=reps * n).reshape(reps, n).astype(float)
 
 
+def bootstrap_ci(y, pred, metric_fn: MetricFn, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile bootstrap CI of one model's metric over its test images: ``{estimate, low, high}``."""
+    y, pred = np.asarray(y), np.asarray(pred)
+    rng = np.random.default_rng(seed)
+    chunks = [min(BOOT_CHUNK, n_boot - i) for i in range(0, n_boot, BOOT_CHUNK)]
+    boots = np.concatenate([metric_fn(y, pred, _boot_counts(rng, len(y), k)) for k in chunks])
+    tail = (1 - level) / 2 * 100
+    low, high = np.nanpercentile(boots, [tail, 100 - tail])
+    return {"estimate": float(metric_fn(y, pred)), "low": float(low), "high": float(high)}
+
+
 def paired_bootstrap(
     y,
     pred_a_by_seed,

@@ -25,7 +25,7 @@ from trainables.metrics import lesion_metrics, site_metrics
 from trainables.model import build_model
 from trainables.pretrained import data_config
 from tuner.export import BUNDLE_FILES, export_model
-from tuner.export_metrics import _boot_auc, _boot_bacc
+from tuner.export_metrics import bootstrap_ci
 from tuner.predict import load_bundle, predict_images, run_predict, write_predictions
 
 LESION, SITE = ["MEL", "NV", "BCC"], ["anterior torso", "posterior torso"]
@@ -200,19 +200,17 @@ def test_metrics_json_and_model_card(exported):
         assert text in card, text
 
 
-def test_bootstrap_resamples_match_sklearn():
+def test_bootstrap_estimates_match_sklearn_and_bracket_the_cis():
     rng = np.random.default_rng(3)
     preds = _predictions(rng, 30)
     y, p = preds["lesion"].to_numpy(), np.stack(preds["lesion_probs"].to_numpy())
     s, sp = preds["site"].to_numpy(), np.stack(preds["site_probs"].to_numpy())
-    idx = rng.integers(0, 30, (6, 30))
-    auc, bacc = _boot_auc(y[idx], p, idx, 3), _boot_bacc(y[idx], (p.argmax(1) == y)[idx], np.ones((6, 30)), 3)
-    known = (s != -1).astype(float)
-    site_bacc = _boot_bacc(np.where(s >= 0, s, 0)[idx], (sp.argmax(1) == s)[idx], known[idx], 2)
-    for b, rows in enumerate(idx):
-        ref = lesion_metrics(y[rows], p[rows], LESION)
-        assert auc[b] == pytest.approx(ref["lesion_auc"]) and bacc[b] == pytest.approx(ref["lesion_bacc"])
-        assert site_bacc[b] == pytest.approx(site_metrics(s[rows], sp[rows])["site_bacc"])
+    ci = bootstrap_ci(preds, n_boot=300)["metrics"]
+    expected = {f"test/{k}": v for k, v in {**lesion_metrics(y, p, LESION), **site_metrics(s, sp)}.items()}
+    for key in ("test/lesion_bacc", "test/lesion_acc", "test/lesion_auc", "test/site_acc", "test/site_bacc"):
+        assert ci[key]["estimate"] == pytest.approx(expected[key]), key
+        assert ci[key]["low"] <= ci[key]["estimate"] <= ci[key]["high"], key
+        assert ci[key]["high"] - ci[key]["low"] > 0, key
 
 
 def test_torchscript_matches_eager_and_probabilities_sum_to_one(exported):
