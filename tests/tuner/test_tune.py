@@ -151,8 +151,9 @@ def test_resume_after_driver_sigkill(ray_cluster, make_experiment, tmp_path):
     assert len(trials) == 3  # no trial started twice
     for name, rows in finished_before.items():  # finished trials kept, not re-run
         assert (Path(tune_dir(exp)) / name / "progress.csv").read_text() == rows
-    assert all(_progress_rows(t) >= 4 for t in trials)
-    # the interrupted trial resumed from its last checkpoint: no epoch was trained twice
+    assert all(_progress_rows(t) == 4 for t in trials if t.name != interrupted)
+    # the interrupted trial resumed from its last checkpoint: no epoch was trained twice. (A result that reached
+    # the checkpoint but not Tune's log before the kill is not reported again, so a row may be missing.)
     epochs = pd.read_csv(Path(tune_dir(exp)) / interrupted / "progress.csv")["epoch"].tolist()
     assert len(epochs) == len(set(epochs)) and epochs[0] == 1 and epochs[-1] == 4  # a restart would repeat 1
 
