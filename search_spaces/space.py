@@ -14,6 +14,8 @@ Format (keys of ``params`` are training-config keys, sampled in file order)::
 - ``float``/``int``: ``low``, ``high`` (inclusive), optional ``log`` or ``step``, as in optuna's
   distributions. ``categorical``: ``choices`` (scalars). ``fixed``: ``value`` (a constant; role ``fixed``).
 - ``role``: ``scientific`` (the question asked), ``nuisance`` (tuned for a fair comparison) or ``fixed``.
+- With ``known_keys`` (``skintune tune`` passes TrainConfig's keys), fixed values and categorical choices are also
+  checked against the training config (``backbone: resnt18`` fails here, with a "did you mean").
 - ``when: {param: value-or-list, ...}``: the parameter exists only when every named categorical parameter,
   defined *earlier* in the file, took one of the values.
 - ``scale_by: {param: {choice: factor}}`` (float only): Optuna searches the base range and the trial config
@@ -165,7 +167,11 @@ def load_space(name_or_path: str | Path, known_keys: Iterable[str] | None = None
     text = str(name_or_path)
     path = PACKAGE_DIR / f"{text}.yaml" if _NAME.match(text) else Path(text).expanduser()
     if not path.is_file():
-        raise UserError(f"search space {text!r}: no such file (shipped spaces: {', '.join(shipped())})")
+        hint = _hint(text, shipped()) if _NAME.match(text) else ""
+        raise UserError(
+            f"search space {text!r}: no such file (shipped spaces: {', '.join(shipped())}){hint}; set search_space "
+            "to a shipped name or the path of a search-space YAML"
+        )
     source = str(path)
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_StrictLoader)  # a SafeLoader
@@ -228,7 +234,22 @@ def _check_file(raw: Any, problems: list[str], known: list[str] | None) -> list[
         param = _check_param(name, spec, where, problems, params, names)
         if param is not None:
             params[name] = param
+    if known is not None:
+        _check_values(params.values(), problems)
     return list(params.values())
+
+
+def _check_values(params: Iterable[Param], problems: list[str]) -> None:
+    """Fixed values and categorical choices must be valid settings of their training-config key (e.g. a known
+    backbone), so a typo fails now rather than in a trial's worker after Ray has started."""
+    from trainables.config import value_problem
+
+    for p in params:
+        values = [("value", p.value)] if p.type == "fixed" else [(f"choices[{i}]", c) for i, c in enumerate(p.choices)]
+        for at, value in values:
+            problem = value_problem(p.name, value)
+            if problem:
+                problems.append(f"params.{p.name}.{at}: {problem}")
 
 
 def _check_param(name, spec, where, problems, earlier: dict[str, Param], names: list[str]) -> Param | None:

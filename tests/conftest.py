@@ -1,12 +1,20 @@
-"""Session fixtures: one real local Ray cluster and one tiny synthetic dataset, shared by the slower tests."""
+"""Session fixtures: one real Ray cluster (``ray start --head`` on loopback) and one tiny synthetic dataset,
+shared by the slower tests."""
 
 from __future__ import annotations
 
 import copy
 import logging
 import os
+import secrets
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,25 +31,109 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalHead:
+    """A real one-node Ray cluster started with ``ray start --head --block`` on loopback: its own temp dir, free
+    ports and its own auth token file; :meth:`stop` ends exactly this cluster (the blocking ``ray start`` shuts
+    its processes down on SIGTERM), never anyone else's."""
+
+    def __init__(self, num_cpus: int = 3):
+        self.temp = tempfile.mkdtemp(prefix="st-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
+        self.token_path = Path(self.temp, "auth_token")
+        self.token_path.write_text(secrets.token_hex(32))
+        self.token_path.chmod(0o600)
+        self.gcs = f"127.0.0.1:{free_port()}"
+        self.dashboard = f"http://127.0.0.1:{free_port()}"
+        ports = {
+            "--port": self.gcs.rsplit(":", 1)[1],
+            "--dashboard-port": self.dashboard.rsplit(":", 1)[1],
+            "--ray-client-server-port": free_port(),
+            "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(),
+            "--runtime-env-agent-port": free_port(),
+            "--metrics-export-port": free_port(),
+        }
+        cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--disable-usage-stats"]
+        cmd += [f"{k}={v}" for k, v in ports.items()]
+        cmd += [
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            "--include-dashboard=true",
+            f"--num-cpus={num_cpus}",
+            f"--temp-dir={self.temp}",
+        ]
+        self.log = open(Path(self.temp, "ray-start.log"), "w")  # noqa: SIM115 - closed in stop()
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+        # a job's entrypoint runs `python` from the head's PATH: this environment's, as on a real head node
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env.pop("RAY_AUTH_TOKEN", None)
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait(self, timeout: float = 120.0) -> None:
+        deadline = time.time() + timeout
+        while not Path(self.temp, "ray_current_cluster").exists() or not self._dashboard_up():
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"ray start failed, see {self.log.name}: {Path(self.log.name).read_text()[-2000:]}")
+            time.sleep(0.5)
+
+    def _dashboard_up(self) -> bool:
+        try:
+            urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2)
+        except urllib.error.HTTPError:
+            return True  # it answers (401 without a token)
+        except OSError:
+            return False
+        return True
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def ray_cluster():
-    """A real local Ray (dashboard on 127.0.0.1, needed by early stopping), own temp dir, stopped at the end."""
+def ray_head():
+    """The session's one Ray cluster (see LocalHead); the environment points Ray clients at it and its token."""
+    # Ray workers must import test modules that define worker functions; token auth on, token in the temp dir.
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    os.environ["RAY_AUTH_MODE"] = "token"
+    head = LocalHead()
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(head.token_path)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    try:
+        head.wait()
+        yield head
+    finally:
+        head.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_head):
+    """This process joined to the session cluster (dashboard on 127.0.0.1, needed by early stopping)."""
     import ray
 
-    # Ray workers must import test modules that define worker functions.
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    temp = tempfile.mkdtemp(prefix="st-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    os.environ["RAY_ADDRESS"] = ray_head.gcs  # subprocess drivers join it too
+    # Ray caches the auth mode and token at first use (e.g. while tests were collected): read them again
+    ray._raylet.Config.initialize("")
+    ray._raylet.AuthenticationTokenLoader.instance().reset_cache()
     ray.init(
-        num_cpus=3,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        _temp_dir=temp,
+        address=ray_head.gcs,
+        # Train's placement-group cleaner must find this cluster (see tuner/ray_runtime.py)
+        runtime_env={"env_vars": {"RAY_ADDRESS": ray_head.gcs, "PYTHONWARNINGS": "ignore::DeprecationWarning"}},
         logging_level=logging.WARNING,
         log_to_driver=False,
     )
-    yield ray.get_runtime_context().gcs_address
+    yield ray_head.gcs
     ray.shutdown()
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,13 +3,17 @@
 The search space samples a subset of these keys by name; the driver merges the sample into the experiment's
 base settings and the worker builds a ``TrainConfig`` from the resulting plain dict (a dict crosses Ray's process
 boundaries and checkpoints cleanly). Unknown keys are errors, so a typo in a YAML key never passes silently.
+A ``backbone`` must be a timm model name (checked here, with a "did you mean", so a typo fails before Ray
+starts); :func:`format_validation_error` suggests the closest key for an unknown one.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import difflib
+import typing
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trainables.errors import UserError
 
@@ -56,6 +60,18 @@ class TrainConfig(BaseModel):
     # records
     tensorboard_dir: str | None = Field(None, description="where rank 0 writes TensorBoard events")
 
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, name: str) -> str:
+        """A typo'd backbone fails here, at the edge, not in a Ray worker minutes later."""
+        from trainables.pretrained import check_backbone  # torch + timm: imported only when a backbone is named
+
+        try:
+            check_backbone(name)
+        except UserError as exc:
+            raise ValueError(str(exc)) from None
+        return name
+
 
 TRAIN_KEYS = frozenset(TrainConfig.model_fields)
 
@@ -65,14 +81,55 @@ def parse_train_config(data: dict, source: str = "train config") -> TrainConfig:
     try:
         return TrainConfig(**data)
     except ValidationError as exc:
-        raise UserError(f"{source}: {format_validation_error(exc)}") from None
+        raise UserError(f"{source}: {format_validation_error(exc, model=TrainConfig)}") from None
 
 
-def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
-    """One line listing every pydantic error as ``key.path: message``."""
+def value_problem(key: str, value: Any) -> str | None:
+    """Why ``value`` is not a valid setting of the training-config key ``key`` (None: it is, or ``key`` is not
+    a TrainConfig key). Search spaces use it to check fixed values and categorical choices up front."""
+    if key not in TRAIN_KEYS:
+        return None
+    try:
+        TrainConfig(**{key: value})
+    except ValidationError as exc:
+        return "; ".join(_problem(err, TrainConfig) for err in exc.errors())
+    return None
+
+
+def format_validation_error(exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """One line listing every pydantic error as ``key.path: message``; with ``model`` (the validated class) an
+    unknown key gets a "did you mean" suggestion from the keys allowed where it was found."""
     parts = []
     for err in exc.errors():
         key = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
-        msg = "unknown key (check the spelling)" if err["type"] == "extra_forbidden" else err["msg"]
-        parts.append(f"{key}: {msg}")
+        parts.append(f"{key}: {_problem(err, model)}")
     return "; ".join(parts)
+
+
+def _problem(err: dict, model: type[BaseModel] | None) -> str:
+    """One pydantic error as a message that says what to write instead."""
+    if err["type"] == "extra_forbidden":
+        allowed = _fields_at(model, err["loc"][:-1]) if model is not None else []
+        close = difflib.get_close_matches(str(err["loc"][-1]), allowed, n=1)
+        if close:
+            return f"unknown key (did you mean {close[0]!r}?)"
+        return f"unknown key (check the spelling; allowed: {', '.join(allowed)})" if allowed else "unknown key"
+    msg = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    if err["type"] not in ("missing", "value_error") and isinstance(value, (str, int, float, bool)):
+        msg += f" (got {value!r})"
+    return msg
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the (nested) model found at ``loc``; [] where ``loc`` is not a nested model."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if sub is None:
+            return []
+        model = sub
+    return list(model.model_fields)

@@ -46,12 +46,16 @@ def check_backbone(name: str) -> None:
         if not _tag(name) or name in timm.list_pretrained(name):
             return
         tags = ", ".join(timm.list_pretrained(f"{_arch(name)}.*")[:6])
-        raise UserError(f"unknown pretrained tag in backbone {name!r}; known: {tags or 'none'}")
+        raise UserError(
+            f"unknown pretrained tag in backbone {name!r}; known: {tags or 'none'}; use one of them or drop the tag"
+        )
     names = timm.list_models()
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.6)
     close += [n for n in timm.list_models(f"*{name}*") if n not in close]
-    hint = f"; close names: {', '.join(close[:6])}" if close else ""
-    raise UserError(f"unknown backbone {name!r}: not a timm model name{hint} (see timm.list_models())")
+    hint = ""
+    if close:
+        hint = f" (did you mean {close[0]!r}?" + (f" other close names: {', '.join(close[1:6])})" if close[1:] else ")")
+    raise UserError(f"unknown backbone {name!r}: not a timm model name{hint}; use a name from timm.list_models()")
 
 
 def data_config(backbone_name: str) -> dict:

@@ -7,8 +7,12 @@ view, the Tune results and the report read the same names.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 
 import numpy as np
+
+from trainables import storage
 
 
 class NullWriter:
@@ -23,7 +27,28 @@ def open_writer(logdir: str | None, rank: int):
         return NullWriter()
     from torch.utils.tensorboard import SummaryWriter
 
+    if storage.is_uri(logdir):
+        return UploadingWriter(SummaryWriter(log_dir=tempfile.mkdtemp(prefix="skintune-tb-")), logdir)
     return SummaryWriter(log_dir=logdir)
+
+
+class UploadingWriter:
+    """A SummaryWriter on local disk whose event files are copied to cloud storage at every flush and close."""
+
+    def __init__(self, writer, uri: str):
+        self.writer, self.uri = writer, uri
+
+    def __getattr__(self, name):
+        return getattr(self.writer, name)
+
+    def flush(self) -> None:
+        self.writer.flush()
+        storage.upload(self.writer.log_dir, self.uri)
+
+    def close(self) -> None:
+        self.writer.close()
+        storage.upload(self.writer.log_dir, self.uri)
+        shutil.rmtree(self.writer.log_dir, ignore_errors=True)
 
 
 def confusion_figure(cm: np.ndarray, classes: list[str], title: str):

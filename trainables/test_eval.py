@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from trainables import storage
 from trainables.checkpoint import load_meta, load_train_state, load_weights
 from trainables.config import parse_train_config
 from trainables.data.loader import ShardDataset, build_transforms
@@ -24,13 +25,14 @@ def evaluate_checkpoint(checkpoint_dir: str, split: str = "test", batch_size: in
     """``(metrics named <split>/..., predictions)`` of the checkpoint on ``split``."""
     meta = load_meta(checkpoint_dir)
     cfg = parse_train_config(meta["config"], source=f"{checkpoint_dir}/meta.json")
-    info = load_info(cfg.prepared)
+    prepared = storage.local_dir(cfg.prepared)
+    info = load_info(prepared)
     n_sites = len(info["site_classes"]) if cfg.multitask else 0
     model = build_model(cfg.backbone, False, len(info["lesion_classes"]), n_sites, cfg.dropout)
     load_weights(checkpoint_dir, model)
     norm = data_config(cfg.backbone)
     size = cfg.image_size or info["prepare_options"]["image_size"]
-    dataset = ShardDataset(cfg.prepared, split, build_transforms(size, norm["mean"], norm["std"], train=False))
+    dataset = ShardDataset(prepared, split, build_transforms(size, norm["mean"], norm["std"], train=False))
     loss_fn = make_loss(cfg, info)
     loss_fn.load_state_dict(load_train_state(checkpoint_dir)["loss"])  # learned task weights, as trained
     pred = predict(model, DataLoader(dataset, batch_size=batch_size), loss_fn, torch.device("cpu"))

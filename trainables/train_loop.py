@@ -25,6 +25,7 @@ from ray.train.torch import get_device, prepare_data_loader, prepare_model
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from trainables import storage
 from trainables.checkpoint import load_meta, load_train_state, load_weights, save_checkpoint, unwrap
 from trainables.config import TrainConfig, parse_train_config
 from trainables.data.loader import Augment, ShardDataset, build_transforms
@@ -65,17 +66,19 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _loaders(cfg: TrainConfig, info: dict, rank: int, world: int, on_gpu: bool) -> tuple[DataLoader, DataLoader]:
+def _loaders(
+    cfg: TrainConfig, prepared: str, info: dict, rank: int, world: int, on_gpu: bool
+) -> tuple[DataLoader, DataLoader]:
     norm = data_config(cfg.backbone)
     size = cfg.image_size or info["prepare_options"]["image_size"]
     augment = Augment(cfg.aug_strength, cfg.crop_scale_min, cfg.hflip, cfg.rotation)
     train_set = ShardDataset(
-        cfg.prepared,
+        prepared,
         "train",
         build_transforms(size, norm["mean"], norm["std"], True, augment),
         limit=cfg.limit_train,
     )
-    val_set = ShardDataset(cfg.prepared, "val", build_transforms(size, norm["mean"], norm["std"], False))
+    val_set = ShardDataset(prepared, "val", build_transforms(size, norm["mean"], norm["std"], False))
     common = dict(num_workers=cfg.loader_workers, pin_memory=on_gpu, persistent_workers=cfg.loader_workers > 0)
     # Our own DistributedSampler (seeded by the run's seed); prepare_data_loader then only moves batches to device.
     sampler = DistributedSampler(
@@ -115,7 +118,8 @@ def setup(cfg: TrainConfig, rank: int, world: int) -> Run:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
     device = get_device()
     on_gpu = device.type == "cuda"
-    info = load_info(cfg.prepared)
+    prepared = storage.local_dir(cfg.prepared)  # a node-local copy when the shards are on cloud storage
+    info = load_info(prepared)
     n_sites = len(info["site_classes"]) if cfg.multitask else 0
     model = build_model(
         cfg.backbone,
@@ -137,7 +141,7 @@ def setup(cfg: TrainConfig, rank: int, world: int) -> Run:
     if any(True for _ in loss_fn.parameters()):  # learned uncertainty weights train with the heads
         groups.append({"params": list(loss_fn.parameters()), "lr": cfg.lr_head, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups)
-    train_loader, val_loader = _loaders(cfg, info, rank, world, on_gpu)
+    train_loader, val_loader = _loaders(cfg, prepared, info, rank, world, on_gpu)
     steps = max(1, len(train_loader))
     schedule = functools.partial(
         lr_factor, warmup_steps=round(cfg.warmup_epochs * steps), total_steps=cfg.epochs * steps
@@ -305,6 +309,7 @@ def train_worker(config: dict) -> None:
             run.writer.add_figure(
                 "val/confusion_matrix", confusion_figure(cm, classes, f"epoch {epoch + 1}"), epoch + 1
             )
+        run.writer.flush()  # visible in TensorBoard now (and uploaded, on cloud storage)
         # -- checkpoint (rank 0) and report (every rank: it is a barrier)
         _report(run, metrics, epoch)
     log_hparams(run.writer, cfg.model_dump(), metrics)

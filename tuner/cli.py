@@ -26,6 +26,11 @@ the pipeline (each step resumes and skips finished work):
   skintune export --experiment demo --storage results
   skintune predict --model results/demo/export image.jpg
   skintune tensorboard --experiment demo --storage results
+
+on a Ray cluster (see docs/cluster.md):
+  skintune check-cluster cluster.yaml
+  skintune submit --address http://127.0.0.1:8265 -- tune --config experiments/demo.yaml --storage s3://B/st
+  skintune jobs list | status JOB | logs JOB | stop JOB
 """
 
 
@@ -38,6 +43,13 @@ def _parse_option(text: str) -> tuple[str, object]:
     return key.strip(), yaml.safe_load(value)
 
 
+def _parse_env(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"--env {key!r}: expected KEY=VALUE, e.g. AWS_PROFILE=lab")
+    return key.strip(), value
+
+
 def _cmd_synth(args: argparse.Namespace) -> None:
     from trainables.data.synthetic import generate
 
@@ -46,7 +58,8 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
-    from trainables.data.prepare import PrepareOptions, prepare
+    from trainables.data.prepare import PrepareOptions
+    from tuner.data_step import prepare_to
 
     opts = PrepareOptions(
         format=args.format,
@@ -60,14 +73,15 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
         official_split=args.official_split,
         shard_size=args.shard_size,
     )
-    prepare(opts, args.out, workers=args.workers, skip_bad=args.skip_bad)
+    prepare_to(opts, args.out, workers=args.workers, skip_bad=args.skip_bad)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from tuner.config import load_experiment
+
+    exp = load_experiment(args.config, storage=args.storage)  # bad input is refused before torch/Ray load
     from tuner.train_run import run_train
 
-    exp = load_experiment(args.config, storage=args.storage)
     result = run_train(exp, name=args.name)
     if result.error is not None:
         raise UserError(f"training failed: {str(result.error).splitlines()[0]} (logs under {result.path})")
@@ -81,9 +95,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _cmd_tune(args: argparse.Namespace) -> None:
     from tuner.config import load_experiment
+
+    exp = load_experiment(args.config, storage=args.storage)  # bad input is refused before torch/Ray load
     from tuner.tune_run import run_tune, tune_dir
 
-    exp = load_experiment(args.config, storage=args.storage)
     _, table = run_tune(exp, resume=args.resume)
     counts = table["status"].value_counts().to_dict()
     print(
@@ -101,11 +116,12 @@ def _cmd_tune(args: argparse.Namespace) -> None:
 
 
 def _experiment(args: argparse.Namespace):
-    """The resolved experiment.yaml of ``--experiment`` under ``--storage``."""
-    from tuner.config import join_storage, load_experiment
+    """The resolved experiment.yaml of ``--experiment`` under ``--storage`` (a folder or a URI)."""
+    from trainables import storage
+    from tuner.config import join_storage, load_experiment, resolve_storage
 
-    path = Path(join_storage(str(Path(args.storage).expanduser()), args.experiment), "experiment.yaml")
-    if not path.exists():
+    path = join_storage(resolve_storage(args.storage), args.experiment, "experiment.yaml")
+    if not storage.exists(path):
         raise UserError(
             f"{path} not found: no experiment {args.experiment!r} under {args.storage} "
             "(check --storage and --experiment, or run `skintune tune` first)"
@@ -131,18 +147,29 @@ def _cmd_retrain(args: argparse.Namespace) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
+    from tuner.mirror import SKIP_FOR_REPORT, local_experiment
     from tuner.report.build import build_report
 
     exp = _experiment(args)
-    report = build_report(exp.experiment_dir)
+    with local_experiment(exp.experiment_dir, SKIP_FOR_REPORT, publish="report") as folder:
+        report = build_report(folder)
     print(f"compare: report at {report} (also report.md, results.parquet and the PNGs beside it)")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
+    from trainables import storage
     from tuner.export import export_model
+    from tuner.mirror import SKIP_FOR_EXPORT, local_experiment
 
     exp = _experiment(args)
-    out = export_model(exp.experiment_dir, str(args.out) if args.out else None, seed=args.seed)
+    remote_out = args.out if args.out and storage.is_uri(args.out) else None
+    local_out = None if remote_out else args.out
+    publish = "export" if storage.is_uri(exp.experiment_dir) and not args.out else None
+    with local_experiment(exp.experiment_dir, SKIP_FOR_EXPORT, publish=publish) as folder:
+        out = export_model(str(folder), local_out, seed=args.seed)
+        if remote_out:
+            storage.upload(out, remote_out)
+            out = remote_out
     print(f"export: bundle at {out}")
     print(f"next: skintune predict --model {out} IMAGE.jpg")
 
@@ -160,9 +187,60 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _cmd_tensorboard(args: argparse.Namespace) -> None:
+    from trainables import storage
+    from tuner.mirror import SKIP_FOR_TENSORBOARD, local_experiment
     from tuner.tensorboard_server import serve
 
-    serve(args.storage, args.experiment, port=args.port)
+    if not storage.is_uri(args.storage):
+        serve(args.storage, args.experiment, port=args.port)
+        return
+    with local_experiment(storage.join(args.storage, args.experiment), SKIP_FOR_TENSORBOARD) as folder:
+        serve(str(folder.parent), folder.name, port=args.port)  # a snapshot: rerun to refresh
+
+
+def _cmd_submit(args: argparse.Namespace) -> None:
+    from tuner import jobs
+
+    command = args.command_line[1:] if args.command_line[:1] == ["--"] else args.command_line
+    job_id = jobs.submit(args.address, command, env=dict(args.env or []), working_dir=not args.no_working_dir)
+    print(f"submitted job {job_id} to {args.address}", flush=True)
+    if args.no_wait:
+        print(f"follow it: skintune jobs logs {job_id} --follow --address {args.address}")
+        return
+    try:
+        details = jobs.follow(args.address, job_id)
+    except KeyboardInterrupt:
+        print(f"\nstopped following; the job goes on (skintune jobs stop {job_id} ends it)", file=sys.stderr)
+        raise
+    print(jobs.finish(details, job_id))
+
+
+def _cmd_jobs(args: argparse.Namespace) -> None:
+    from tuner import jobs
+
+    if args.action == "list":
+        for job in jobs.list_jobs(args.address):
+            print(f"{job.submission_id or job.job_id:<32} {job.status:<10} {job.entrypoint}")
+        return
+    if not args.job_id:
+        raise UserError(f"`skintune jobs {args.action}` needs a JOB_ID (see `skintune jobs list`)")
+    if args.action == "status":
+        details = jobs.status(args.address, args.job_id)
+        print(f"{args.job_id} {details.status}" + (f": {details.message}" if details.message else ""))
+    elif args.action == "logs":
+        if args.follow:
+            print(jobs.finish(jobs.follow(args.address, args.job_id), args.job_id))
+        else:
+            print(jobs.logs(args.address, args.job_id), end="")
+    else:
+        stopped = jobs.stop(args.address, args.job_id)
+        print(f"{args.job_id}: " + ("stop requested" if stopped else "already finished"))
+
+
+def _cmd_check_cluster(args: argparse.Namespace) -> None:
+    from tuner.cluster_config import validate_cluster_file
+
+    print(validate_cluster_file(args.path)["text"])
 
 
 def _add_synth(sub) -> None:
@@ -207,7 +285,7 @@ def _add_prepare(sub) -> None:
     )
     p.add_argument("--format", required=True, help="dataset format (see below)")
     p.add_argument("--root", required=True, type=Path, help="the unpacked release folder")
-    p.add_argument("--out", required=True, type=Path, help="folder for shards and dataset.json")
+    p.add_argument("--out", required=True, help="folder or URI (s3://...) for shards and dataset.json")
     p.add_argument("--image-size", type=int, default=224, help="shorter side after resizing (default 224)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality of the shards (default 90)")
     p.add_argument("--val-fraction", type=float, default=0.15)
@@ -332,7 +410,7 @@ def _add_export(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_experiment_args(p)
-    p.add_argument("--out", type=Path, default=None, help="bundle folder (default <storage>/<experiment>/export)")
+    p.add_argument("--out", default=None, help="bundle folder or URI (default <storage>/<experiment>/export)")
     p.add_argument("--seed", type=int, default=None, help="export this retrain seed instead of the best one")
     p.set_defaults(handler=_cmd_export)
 
@@ -370,6 +448,65 @@ def _add_demo(sub) -> None:
     p.set_defaults(handler=_cmd_demo)
 
 
+def _add_submit(sub) -> None:
+    from tuner.jobs import default_address
+
+    p = sub.add_parser(
+        "submit",
+        help="run a skintune command on a Ray cluster as a Ray Job (streams its logs)",
+        description="Submit `skintune <command>` as a Ray Job with this project as the job's working_dir, then "
+        "stream its logs until it ends (exit 0 on SUCCEEDED, 2 otherwise). The token for Ray's token "
+        "authentication is read from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token and never printed. "
+        "Results must go to shared storage (--storage s3://... or an absolute path the cluster shares).",
+        epilog="examples:\n  ray dashboard cluster.yaml    # tunnel to the head's 127.0.0.1:8265, in another shell\n"
+        "  skintune submit -- tune --config experiments/demo.yaml --storage s3://my-bucket/skintune\n"
+        "  skintune submit --no-wait --env AWS_PROFILE=lab -- retrain --experiment demo --storage s3://b/st",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--address", default=default_address(), help="Jobs API address (default %(default)s)")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
+    p.add_argument("--env", action="append", type=_parse_env, metavar="KEY=VALUE", help="job env var, repeatable")
+    p.add_argument(
+        "--no-working-dir",
+        action="store_true",
+        help="do not upload this project: the cluster has skintune installed (cluster.yaml setup_commands)",
+    )
+    p.add_argument("command_line", nargs=argparse.REMAINDER, metavar="-- COMMAND", help="the skintune command")
+    p.set_defaults(handler=_cmd_submit)
+
+
+def _add_jobs(sub) -> None:
+    from tuner.jobs import default_address
+
+    p = sub.add_parser(
+        "jobs",
+        help="list the cluster's jobs; show one's status or logs; stop one",
+        description="The rest of the Ray Jobs API: list, status, logs (--follow streams until the job ends), "
+        "stop. Same address and token rules as `skintune submit`.",
+        epilog="examples:\n  skintune jobs list\n  skintune jobs logs raysubmit_AbC123 --follow\n"
+        "  skintune jobs stop raysubmit_AbC123 --address http://127.0.0.1:8265",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("action", choices=["list", "status", "logs", "stop"])
+    p.add_argument("job_id", nargs="?", metavar="JOB_ID", help="submission id (from submit or list)")
+    p.add_argument("--address", default=default_address(), help="Jobs API address (default %(default)s)")
+    p.add_argument("--follow", action="store_true", help="logs: stream until the job ends")
+    p.set_defaults(handler=_cmd_jobs)
+
+
+def _add_check_cluster(sub) -> None:
+    p = sub.add_parser(
+        "check-cluster",
+        help="validate a Ray cluster-launcher YAML offline (Ray's schema and node-type checks)",
+        description="Validate a cluster.yaml offline, without cloud credentials: Ray's JSON schema (unknown or "
+        "misspelled keys, wrong types) and Ray's own node-type checks. Run it before `ray up`.",
+        epilog="example:\n  skintune check-cluster cluster.yaml",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("path", type=Path, help="the cluster YAML")
+    p.set_defaults(handler=_cmd_check_cluster)
+
+
 def _add_experiment_args(p) -> None:
     p.add_argument("--storage", default="~/skintune-results", help="results folder (default ~/skintune-results)")
     p.add_argument("--experiment", required=True, help="experiment name (the YAML's name:)")
@@ -396,6 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_predict,
         _add_demo,
         _add_tensorboard,
+        _add_check_cluster,
+        _add_submit,
+        _add_jobs,
     ):
         add(sub)
     return parser

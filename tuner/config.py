@@ -12,8 +12,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from trainables import storage as storage_io
 from trainables.config import TrainConfig, format_validation_error
 from trainables.errors import UserError
+from trainables.storage import is_uri
+from trainables.storage import join as join_storage
 
 
 class _Strict(BaseModel):
@@ -98,26 +101,18 @@ class ExperimentConfig(_Strict):
         return self.data.prepared or join_storage(self.experiment_dir, "prepared")
 
 
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
 def resolve_storage(path: str) -> str:
     """An absolute local path, or the URI unchanged (Ray Train needs one of the two)."""
     return path if is_uri(path) else str(Path(path).expanduser().resolve())
 
 
-def join_storage(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts]) if is_uri(base) else str(Path(base, *parts))
-
-
 def load_experiment(path: str | Path, storage: str | None = None) -> ExperimentConfig:
     """Read and validate an experiment YAML; ``storage`` (from ``--storage``) overrides the file's."""
-    path = Path(path)
-    if not path.exists():
+    path = str(path) if is_uri(str(path)) else Path(path)
+    if not storage_io.exists(str(path)):
         raise UserError(f"{path}: no such experiment file (the shipped ones are in experiments/)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(storage_io.read_text(str(path)))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
@@ -129,7 +124,7 @@ def load_experiment(path: str | Path, storage: str | None = None) -> ExperimentC
     try:
         exp = ExperimentConfig(**data)
     except ValidationError as exc:
-        raise UserError(f"{path}: {format_validation_error(exc)}") from None
+        raise UserError(f"{path}: {format_validation_error(exc, model=ExperimentConfig)}") from None
     exp.storage = resolve_storage(exp.storage)
     exp.data.root = str(Path(exp.data.root).expanduser().resolve())
     if exp.data.prepared:

@@ -106,7 +106,10 @@ def find_seeds(exp_dir: Path) -> dict[int, dict]:
         except (ValueError, json.JSONDecodeError) as exc:
             raise UserError(f"{path}: not a retrain metrics file ({exc}); rerun `skintune retrain`") from exc
     if not runs:
-        raise UserError(f"no retrained model under {root}: run `skintune retrain --experiment {exp_dir.name}` first")
+        raise UserError(
+            f"no retrained model under {root}: run `skintune retrain --experiment {exp_dir.name} "
+            f"--storage {exp_dir.parent}` first (export takes the best retrained seed)"
+        )
     return runs
 
 

@@ -7,12 +7,14 @@ Columns: ``trial_id``, ``status`` (completed | stopped_early | diverged | error)
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import pandas as pd
 
-from tuner.config import ExperimentConfig, is_uri
+from trainables import storage
+from tuner.config import ExperimentConfig
 
 
 def _status(result, epochs: int, max_epochs: int) -> str:
@@ -58,17 +60,17 @@ def results_table(grid, exp: ExperimentConfig) -> pd.DataFrame:
 
 
 def write_results(table: pd.DataFrame, tune_dir: str) -> None:
-    if is_uri(tune_dir):
-        raise NotImplementedError("results table on cloud storage")
-    path = Path(tune_dir)
+    """``results.parquet`` (typed) and ``results.csv`` (for a spreadsheet) into the tune folder or URI."""
     # mixed-type parameter columns (e.g. a categorical of numbers and strings) are stored as text
     safe = table.copy()
     for col in safe.columns:
         if safe[col].map(type).nunique() > 1 and safe[col].notna().any():
             safe[col] = safe[col].map(lambda v: None if v is None or v != v else str(v))
-    safe.to_parquet(path / "results.parquet", index=False)
-    table.to_csv(path / "results.csv", index=False)
+    parquet = io.BytesIO()
+    safe.to_parquet(parquet, index=False)
+    storage.write_bytes(storage.join(tune_dir, "results.parquet"), parquet.getvalue())
+    storage.write_text(storage.join(tune_dir, "results.csv"), table.to_csv(index=False))
 
 
 def read_results(tune_dir: str) -> pd.DataFrame:
-    return pd.read_parquet(Path(tune_dir) / "results.parquet")
+    return pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(tune_dir, "results.parquet"))))

@@ -16,15 +16,16 @@ A finished run (its metrics.json exists) is skipped, so an interrupted retrain c
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import pandas as pd
 import ray
 
+from trainables import storage
 from trainables.errors import UserError
 from tuner.config import ExperimentConfig, join_storage
 from tuner.results import read_results
@@ -35,8 +36,8 @@ ARMS = ("mtl", "single_task")
 
 def best_params(exp: ExperimentConfig) -> tuple[str, dict]:
     """The best usable trial of ``exp``'s search: ``(trial_id, sampled parameters)``."""
-    path = Path(tune_dir(exp), "results.parquet")
-    if not path.exists():
+    path = join_storage(tune_dir(exp), "results.parquet")
+    if not storage.exists(path):
         raise UserError(f"{path} not found: run `skintune tune --config ...` for experiment {exp.name!r} first")
     table = read_results(tune_dir(exp))
     usable = table[table["status"].isin(["completed", "stopped_early"]) & table["best_objective"].notna()]
@@ -88,21 +89,24 @@ def _fit_and_evaluate(config: dict, exp_dump: dict, run_dir: str, use_gpu: bool,
         raise RuntimeError(f"retrain {arm} seed {seed} failed: {result.error}")
     sign = 1 if exp.tune.mode == "max" else -1
     checkpoint, val = max(result.best_checkpoints, key=lambda cm: sign * cm[1].get(exp.tune.metric, -math.inf))
-    test, predictions = evaluate_checkpoint(checkpoint.path, "test")
-    predictions.to_parquet(Path(run_dir, "predictions.parquet"), index=False)
+    with checkpoint.as_directory() as local:  # a local copy when the run is on cloud storage
+        test, predictions = evaluate_checkpoint(local, "test")
+    buffer = io.BytesIO()
+    predictions.to_parquet(buffer, index=False)
+    storage.write_bytes(join_storage(run_dir, "predictions.parquet"), buffer.getvalue())
     metrics = {
         "arm": arm,
         "seed": seed,
         "epochs": int(val.get("epoch", 0)),
-        "checkpoint": checkpoint.path,
+        # relative to the run folder, so that the experiment folder can be moved or copied down from the cloud
+        "checkpoint": Path(checkpoint.path).relative_to(storage.fs_path(run_dir)).as_posix(),
         "val": {k: v for k, v in val.items() if k.startswith("val/")},
         "test": test,
         "diverged": bool(val.get("diverged", 0)),
         "wall_s": time.time() - started,
     }
-    tmp = Path(run_dir, "metrics.json.tmp")
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, Path(run_dir, "metrics.json"))  # written last: its presence means "done"
+    # written last, atomically: its presence means "done"
+    storage.write_text(join_storage(run_dir, "metrics.json"), json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -119,10 +123,9 @@ def run_retrain(
     prepared = ensure_data(exp)
     trial_id, configs = arm_configs(exp, prepared, baseline, baseline_exp)
     seed_list = list(range(seeds or exp.retrain.seeds))
-    root = Path(exp.experiment_dir, "retrain")
+    root = join_storage(exp.experiment_dir, "retrain")
     resources = init_ray(min_cpus=math.ceil(exp.train.workers_per_trial * exp.train.cpus_per_worker + DRIVER_CPU))
     gpu = use_gpu(exp.train.use_gpu)
-    root.mkdir(parents=True, exist_ok=True)
     summary = {
         "baseline_kind": baseline,
         "best_trial": trial_id,
@@ -134,19 +137,18 @@ def run_retrain(
         "baseline_experiment": baseline_exp.name if baseline_exp else None,
         "workers_per_run": exp.train.workers_per_trial,
     }
-    (root / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    storage.write_text(join_storage(root, "summary.json"), json.dumps(summary, indent=2, default=str))
 
     task = ray.remote(_fit_and_evaluate).options(num_cpus=DRIVER_CPU)
     todo, rows = [], []
     for seed in seed_list:
         for arm in ARMS:
-            run_dir = root / arm / f"seed_{seed}"
-            done = run_dir / "metrics.json"
-            if done.exists():
-                rows.append(json.loads(done.read_text()))
+            run_dir = join_storage(root, arm, f"seed_{seed}")
+            done = join_storage(run_dir, "metrics.json")
+            if storage.exists(done):
+                rows.append(json.loads(storage.read_text(done)))
             else:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                todo.append(({**configs[arm], "seed": seed}, str(run_dir), arm, seed))
+                todo.append(({**configs[arm], "seed": seed}, run_dir, arm, seed))
     limit = max_concurrent(exp, resources, gpu)
     pending: list = []
     total = len(todo) + len(rows)

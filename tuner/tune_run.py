@@ -23,6 +23,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import define_by_run, load_space
+from trainables import storage
 from trainables.config import TRAIN_KEYS
 from trainables.errors import UserError
 from tuner.config import ExperimentConfig, is_uri, join_storage
@@ -35,12 +36,15 @@ def trial_driver(config: dict, exp: dict, prepared: str, use_gpu: bool) -> None:
     """The Tune trainable of one trial: fit one TorchTrainer with the sampled configuration."""
     experiment = ExperimentConfig(**exp)
     ctx = tune.get_context()
+    trial_dir = ctx.get_trial_dir()  # local; on cloud storage the workers upload into the trial's folder there
     train_config = {
         **experiment.train.train_config(),
         **config,
         "prepared": prepared,
         "epochs": experiment.tune.max_epochs,
-        "tensorboard_dir": None if is_uri(ctx.get_trial_dir()) else ctx.get_trial_dir(),
+        "tensorboard_dir": join_storage(tune_dir(experiment), Path(trial_dir).name)
+        if is_uri(experiment.storage)
+        else trial_dir,
     }
     trainer = make_trainer(
         train_config,
@@ -149,9 +153,8 @@ def check_start(exp: ExperimentConfig, resume: bool) -> None:
 
 
 def write_experiment_yaml(exp: ExperimentConfig) -> None:
-    path = Path(exp.experiment_dir, "experiment.yaml")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False))
+    text = yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False)
+    storage.write_text(join_storage(exp.experiment_dir, "experiment.yaml"), text)
 
 
 def run_tune(exp: ExperimentConfig, resume: bool = False):

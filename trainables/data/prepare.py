@@ -224,8 +224,9 @@ def prepare(
         if not skip_bad:
             first = bad[0]
             raise UserError(
-                f"{len(bad)} image(s) could not be used, e.g. {first['path']}: {first['reason']}; the full list "
-                f"is in {out / REPORT_JSON}. Fix or remove them, or rerun with --skip-bad to leave them out"
+                f"{len(bad)} image(s) could not be used, e.g. image {first['image_id']!r} ({first['path']}): "
+                f"{first['reason']}; the full list is in {out / REPORT_JSON}. Replace or remove them (and their "
+                "rows), or rerun with --skip-bad to leave them out"
             )
     for stale in shard_dir.glob("*.parquet"):
         if stale.name not in metas:

@@ -7,6 +7,7 @@ layout, vocabularies (fixed and documented, so indexes are stable across runs) a
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +42,12 @@ def option_names(fmt: str) -> list[str]:
 def read_dataset(fmt: str, root: str | Path, options: dict | None = None) -> RawTable:
     """Read the dataset at ``root`` in format ``fmt`` with the adapter's keyword ``options``; validate it."""
     if fmt not in FORMATS:
-        raise UserError(f"unknown dataset format {fmt!r}; known formats: {', '.join(FORMATS)}")
+        close = difflib.get_close_matches(str(fmt), list(FORMATS), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise UserError(
+            f"unknown dataset format {fmt!r}; known formats: {', '.join(FORMATS)}; "
+            f"{hint}set --format (or data.format in the experiment YAML) to one of them"
+        )
     options = dict(options or {})
     valid = option_names(fmt)
     unknown = sorted(set(options) - set(valid))

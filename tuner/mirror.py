@@ -1,0 +1,42 @@
+"""Commands that read a whole experiment folder (compare, export, tensorboard) work on a local mirror when the
+experiment lives on cloud storage: the files they need are copied down (no trial checkpoints, no shards), the
+command runs locally, and its output folder is uploaded back. Local experiments are used in place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from trainables import storage
+from trainables.errors import UserError
+
+# what each command leaves out of its copy (regular expressions on paths relative to the experiment folder)
+SKIP_FOR_REPORT = (r"^tune/runs/", r"^prepared/shards/", r"/checkpoint_")
+SKIP_FOR_EXPORT = (r"^tune/", r"^prepared/shards/", r"^retrain/single_task/.*/checkpoint_")
+SKIP_FOR_TENSORBOARD = (r"^tune/runs/", r"^prepared/", r"/checkpoint_", r"\.parquet$")
+
+
+def mirror_path(uri: str) -> Path:
+    return storage.CACHE / "mirror" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+@contextmanager
+def local_experiment(experiment_dir: str, skip: tuple[str, ...], publish: str | None = None) -> Iterator[Path]:
+    """Yield a local folder with the experiment's files; afterwards upload its ``publish`` subfolder back."""
+    if not storage.is_uri(experiment_dir):
+        yield Path(experiment_dir)
+        return
+    if not storage.exists(storage.join(experiment_dir, "experiment.yaml")):
+        raise UserError(f"{experiment_dir}/experiment.yaml not found: check --storage and --experiment")
+    local = mirror_path(experiment_dir)
+    patterns = [re.compile(s) for s in skip]
+    print(f"copying {experiment_dir} to {local} (no checkpoints it does not need)", flush=True)
+    storage.download(experiment_dir, local, skip=lambda rel: any(p.search(rel) for p in patterns))
+    yield local
+    if publish and (local / publish).is_dir():
+        storage.upload(local / publish, storage.join(experiment_dir, publish))
+        print(f"uploaded {publish}/ to {storage.join(experiment_dir, publish)}", flush=True)
