@@ -37,6 +37,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(name="free_port")
+def free_port_fixture():
+    """A function returning a free loopback port."""
+    return free_port
+
+
 class LocalHead:
     """A real one-node Ray cluster started with ``ray start --head --block`` on loopback: its own temp dir, free
     ports and its own auth token file; :meth:`stop` ends exactly this cluster (the blocking ``ray start`` shuts

@@ -1,6 +1,7 @@
 """The cluster workflow on a real `ray start --head` cluster (the session's LocalHead: loopback ports, its own
-temp dir and token file): `skintune submit` of a smoke search writing to a ``file://`` storage URI, the Jobs API
-wrapped by `skintune jobs`, token handling, one-line errors, then retrain/compare/export on the same URI."""
+temp dir and token file) with results on a real S3 server (moto's server mode, on loopback): `skintune submit` of
+a smoke search and its retrain, the Jobs API wrapped by `skintune jobs`, token handling, one-line errors, then
+compare/export reading and writing the same s3:// storage."""
 
 from __future__ import annotations
 
@@ -33,8 +34,31 @@ def _cli(*args: str, env: dict | None = None, timeout: float = 600) -> subproces
 
 
 @pytest.fixture
+def s3(monkeypatch, free_port) -> dict:
+    """A real S3 API (moto's server, in this process, on a free loopback port) with a bucket; the environment
+    that points pyarrow (and so Ray Train, Tune and skintune) at it, as AWS_ENDPOINT_URL does for MinIO."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="lab")
+    yield env
+    server.stop()
+
+
+@pytest.fixture
 def uri_experiment(tmp_path, smoke_data):
-    """A smoke experiment YAML whose storage (and so its prepared shards) is a file:// URI."""
+    """A smoke experiment YAML whose storage (and so its prepared shards) is on S3."""
     raw = yaml.safe_load((ROOT / "experiments" / "smoke.yaml").read_text())
     raw["data"].pop("synth")
     raw["data"]["root"] = smoke_data[0]  # prepared anew from the raw files, into the URI
@@ -43,20 +67,30 @@ def uri_experiment(tmp_path, smoke_data):
     raw["train"]["workers_per_trial"] = 1
     config = tmp_path / "remote.yaml"
     config.write_text(yaml.safe_dump(raw))
-    return config, f"file://{tmp_path}/bucket/skintune", tmp_path / "bucket" / "skintune" / "remote"
+    return config, "s3://lab/skintune", tmp_path / "copy"
 
 
-def test_submit_tune_job_then_retrain_compare_export_on_a_storage_uri(ray_head, ray_cluster, uri_experiment):
-    config, storage, folder = uri_experiment
-    done = _cli("submit", "--address", ray_head.dashboard, "--", "tune", "--config", str(config), "--storage", storage)
+def _submit(address: str, s3: dict, *command: str) -> subprocess.CompletedProcess:
+    """`skintune submit`, passing the S3 endpoint and credentials to the job as a user would (--env)."""
+    env_args = [arg for key, value in s3.items() for arg in ("--env", f"{key}={value}")]
+    done = _cli("submit", "--address", address, *env_args, "--", *command)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def test_submit_tune_and_retrain_jobs_then_compare_export_on_s3(ray_head, s3, uri_experiment):
+    from trainables import storage as st
+
+    config, storage, folder = uri_experiment
+    done = _submit(ray_head.dashboard, s3, "tune", "--config", str(config), "--storage", storage)
     job_id = done.stdout.split("submitted job ", 1)[1].split()[0]
     assert f"job {job_id} SUCCEEDED" in done.stdout
     assert "tune: 2 trials" in done.stdout  # the job's own output was streamed
     token = ray_head.token_path.read_text().strip()
     assert token not in done.stdout + done.stderr
 
-    # artifacts at the URI: config, table, prepared shards (metadata last), Ray Train checkpoints, TensorBoard
+    # artifacts on S3: config, table, prepared shards (metadata last), Ray Train checkpoints, TensorBoard
+    st.download(f"{storage}/remote", folder)
     assert yaml.safe_load((folder / "experiment.yaml").read_text())["storage"] == storage
     table = pd.read_parquet(folder / "tune" / "results.parquet")
     assert len(table) == 2 and (table["status"] != "error").all()
@@ -79,14 +113,15 @@ def test_submit_tune_job_then_retrain_compare_export_on_a_storage_uri(ray_head, 
     logs = _cli("jobs", "logs", job_id, "--address", ray_head.dashboard)
     assert "tune: 2 trials" in logs.stdout
 
-    # the rest of the pipeline reads and writes the same URI
+    # the rest of the pipeline reads and writes the same storage: retrain on the cluster, compare/export here
     common = ["--storage", storage, "--experiment", "remote"]
-    assert main(["retrain", *common, "--seeds", "1"]) == 0
-    assert json.loads((folder / "retrain" / "mtl" / "seed_0" / "metrics.json").read_text())["test"]
+    _submit(ray_head.dashboard, s3, "retrain", *common, "--seeds", "1")
+    metrics = json.loads(st.read_text(f"{storage}/remote/retrain/mtl/seed_0/metrics.json"))
+    assert metrics["test"] and not metrics["checkpoint"].startswith("/")  # relative: the folder can move
     assert main(["compare", *common]) == 0
-    assert (folder / "report" / "report.html").is_file() and (folder / "report" / "results.parquet").is_file()
+    assert st.exists(f"{storage}/remote/report/report.html") and st.exists(f"{storage}/remote/report/results.parquet")
     assert main(["export", *common]) == 0
-    bundle = folder / "export"
+    bundle = st.download(f"{storage}/remote/export", folder / "export")
     assert {"model.safetensors", "model.torchscript.pt", "MODEL_CARD.md"} <= {p.name for p in bundle.iterdir()}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -86,8 +87,10 @@ def grouped_rates(
     y, height = np.arange(len(labels))[::-1], 0.38
     for i, arm in enumerate(ARM_COLORS):
         r = np.asarray(rates[arm], dtype=float)
-        mean = np.nanmean(r, axis=0)
-        err = [mean - np.nanmin(r, axis=0), np.nanmax(r, axis=0) - mean]
+        with warnings.catch_warnings():  # a group without test images has no rate: NaN, drawn as 0 beside n=0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(r, axis=0)
+            err = [mean - np.nanmin(r, axis=0), np.nanmax(r, axis=0) - mean]
         ax.barh(
             y + (0.5 - i) * height,
             np.nan_to_num(mean),
