@@ -2,15 +2,18 @@
 
 ISIC-sized originals (1024x768 JPEGs, made from the synthetic generator's images, upscaled with noise so they do
 not compress unrealistically well), 224 px output, the same transforms and the same number of DataLoader workers
-on both sides. Goal (issue 2): shards at least 5x faster. Measured twice: with the training augmentation (the same
-on both sides, so its cost caps the ratio) and without (what preparing the shards alone saves).
+on both sides. Goal (issue 2): shards at least 5x faster. Measured with the training augmentation (the same on both
+sides, so its cost caps the ratio), without augmentation (what preparing the shards alone saves), and with the
+plain torchvision v2 pipeline that the training augmentation reproduces faster (``train_aug_v2``: the figure before
+issue 8).
 
-    python -m benchmarks.bench_loader [--n 256] [--workers 2]
+    python -m benchmarks.bench_loader [--n 256] [--workers 2] [--epochs 2] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 from pathlib import Path
 
@@ -21,8 +24,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from benchmarks.common import timed, write_result
+from trainables.data.augment import reference_pipeline
 from trainables.data.images import load_rgb, resize_shorter_side
-from trainables.data.loader import ShardDataset, build_transforms
+from trainables.data.loader import Augment, ShardDataset, build_transforms
 from trainables.data.prepare import PrepareOptions, prepare
 from trainables.data.synthetic import generate
 
@@ -59,11 +63,22 @@ def _throughput(dataset: Dataset, workers: int, epochs: int) -> float:
     return epochs * len(dataset) / seconds
 
 
+def _transforms() -> dict:
+    aug = Augment()
+    plain = reference_pipeline(SIZE, aug.crop_scale_min, aug.hflip, aug.rotation, aug.strength)
+    return {
+        "train_aug": build_transforms(SIZE, (0.5,) * 3, (0.5,) * 3, train=True),
+        "no_aug": build_transforms(SIZE, (0.5,) * 3, (0.5,) * 3, train=False),
+        "train_aug_v2": v2.Compose([plain, v2.Normalize([0.5] * 3, [0.5] * 3)]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="measurements per side; the median counts")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -73,16 +88,16 @@ def main() -> None:
         prepare_s, _ = timed(prepare, opts, out, progress=False)
         paths = sorted((root / "ISIC_2019_Training_Input").glob("*.jpg"))
         rates = {}
-        for mode, train in (("train_aug", True), ("no_aug", False)):
-            transform = build_transforms(SIZE, (0.5,) * 3, (0.5,) * 3, train=train)
-            rates[mode] = (
-                _throughput(ShardDataset(out, "train", transform), args.workers, args.epochs),
-                _throughput(JpegDataset(paths, transform), args.workers, args.epochs),
-            )
+        for mode, transform in _transforms().items():
+            sides = (ShardDataset(out, "train", transform), JpegDataset(paths, transform))
+            # both sides measured in turn, `repeats` times; the median of each damps other jobs on the machine
+            runs = [[_throughput(d, args.workers, args.epochs) for d in sides] for _ in range(args.repeats)]
+            rates[mode] = tuple(statistics.median(r[k] for r in runs) for k in (0, 1))
     result = {
         "images": args.n,
         "loader_workers": args.workers,
         "epochs": args.epochs,
+        "repeats": args.repeats,
         "original_size": [1024, 768],
         "output_size": SIZE,
         "prepare_seconds": round(prepare_s, 2),

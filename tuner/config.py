@@ -55,6 +55,7 @@ class TuneSection(_Strict):
     metric: str = "val/lesion_bacc"
     mode: Literal["max", "min"] = "max"
     sampler: Literal["tpe", "random", "qmc"] = "tpe"
+    tpe_startup_trials: int = Field(10, ge=0, description="TPE's random trials before it models (Optuna: 10)")
     seed: int = 0
     study_storage: str | None = Field(None, description="Optuna RDB URL, e.g. sqlite:///study.db")
     max_failures: int = Field(1, ge=0, description="retries of a failed trial")

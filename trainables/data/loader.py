@@ -2,7 +2,8 @@
 
 The split's encoded JPEG bytes stay in one Arrow buffer (a few KB per image at 64-224 px, no Python object per
 image, shared copy-on-write with DataLoader worker processes). Each item is decoded with libjpeg-turbo
-(``torchvision.io.decode_jpeg``) and augmented with ``torchvision.transforms.v2``. Being map-style, a
+(``torchvision.io.decode_jpeg``) and augmented on tensors (``trainables.data.augment``, built on
+``torchvision.transforms.v2``). Being map-style, a
 ``DataLoader`` over it is sharded across DDP ranks by ``ray.train.torch.prepare_data_loader`` (which adds a
 ``DistributedSampler``).
 """
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
+from trainables.data.augment import TrainAugment
 from trainables.data.prepare import load_info
 from trainables.errors import UserError
 
@@ -39,23 +41,18 @@ class Augment:
     rotation: float = 180.0  # dermoscopy has no "up": any rotation is a valid view
 
 
-def build_transforms(image_size: int, mean, std, train: bool, augment: Augment | None = None) -> v2.Compose:
-    """uint8 CHW tensor -> normalised float tensor of ``image_size`` x ``image_size``."""
-    tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(mean), std=list(std))]
+def build_transforms(image_size: int, mean, std, train: bool, augment: Augment | None = None):
+    """uint8 CHW tensor -> normalised float tensor of ``image_size`` x ``image_size``.
+
+    Training: :class:`trainables.data.augment.TrainAugment`, the v2 pipeline RandomResizedCrop -> flips ->
+    RandomRotation -> ColorJitter (no hue: lesion colour is diagnostic) -> RandAugment -> Normalize, made ~3x
+    faster with the same random draws and statistics.
+    """
     if not train:
-        return v2.Compose([v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size), *tail])
+        resize = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
+        return v2.Compose([*resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
     aug = augment or Augment()
-    steps: list = [v2.RandomResizedCrop(image_size, scale=(aug.crop_scale_min, 1.0), antialias=True)]
-    if aug.hflip:
-        steps += [v2.RandomHorizontalFlip(), v2.RandomVerticalFlip()]
-    if aug.rotation > 0:
-        steps.append(v2.RandomRotation(aug.rotation))
-    if aug.strength > 0:
-        s = aug.strength
-        # no hue jitter: lesion colour is diagnostic (blue-grey, red, brown), and hue shifts are the slowest op
-        steps.append(v2.ColorJitter(brightness=0.3 * s, contrast=0.3 * s, saturation=0.3 * s))
-        steps.append(v2.RandAugment(num_ops=2, magnitude=max(1, round(9 * s))))
-    return v2.Compose(steps + tail)
+    return TrainAugment(image_size, aug.crop_scale_min, aug.hflip, aug.rotation, aug.strength, mean, std)
 
 
 class ShardDataset(Dataset):

@@ -1,0 +1,162 @@
+"""GPU path: images/s of skintune's Ray Train loop (1 GPU worker: bf16 autocast, channels_last, pinned memory,
+optionally torch.compile) against a plain timm AMP training loop on the same model, data and batch size, plus
+the GPU's mean utilisation during each. Goal (issue 8): skintune / plain >= 0.95.
+
+Needs a CUDA device; on a machine without one it says so and writes nothing (the CPU path is what the tests
+cover). Run it where a GPU is:
+
+    python -m benchmarks.bench_gpu [--n 4096] [--image-size 224] [--batch-size 128] [--epochs 3] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import threading
+import time
+
+import torch
+
+from benchmarks.common import synthetic, write_result
+
+
+class Utilisation:
+    """Samples the GPU's utilisation (percent, via NVML through torch) every 0.2 s while active."""
+
+    def __init__(self):
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            try:
+                self.samples.append(float(torch.cuda.utilization(0)))
+            except Exception:  # noqa: BLE001 - no NVML: report no figure rather than fail the benchmark
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mean(self) -> float | None:
+        return round(statistics.mean(self.samples), 1) if self.samples else None
+
+
+def plain_amp(prepared: str, backbone: str, batch_size: int, epochs: int, workers: int, compile_: bool) -> list[float]:
+    """The reference: a textbook timm + torch.autocast(bf16) loop, channels_last, pinned memory. Images/s."""
+    import timm
+    from torch.utils.data import DataLoader
+
+    from trainables.data.loader import Augment, ShardDataset, build_transforms
+    from trainables.data.prepare import load_info
+
+    info = load_info(prepared)
+    size = info["prepare_options"]["image_size"]
+    cfg = timm.data.resolve_data_config({}, model=timm.create_model(backbone, pretrained=False))
+    data = ShardDataset(prepared, "train", build_transforms(size, cfg["mean"], cfg["std"], True, Augment()))
+    loader = DataLoader(data, batch_size, shuffle=True, drop_last=True, num_workers=workers, pin_memory=True)
+    model = timm.create_model(backbone, pretrained=False, num_classes=len(info["lesion_classes"])).cuda()
+    model = model.to(memory_format=torch.channels_last)
+    model = torch.compile(model) if compile_ else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    rates = []
+    for _ in range(epochs):
+        torch.cuda.synchronize()
+        start, seen = time.perf_counter(), 0
+        for images, lesion, _site in loader:
+            images = images.cuda(non_blocking=True).contiguous(memory_format=torch.channels_last)
+            lesion = lesion.cuda(non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(model(images).float(), lesion)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(lesion)
+        torch.cuda.synchronize()
+        rates.append(seen / (time.perf_counter() - start))
+    return rates
+
+
+def skintune_loop(prepared: str, backbone: str, batch_size: int, epochs: int, workers: int, compile_: bool):
+    """The real Ray Train worker loop on one GPU worker: images/s per epoch (training part only)."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from trainables.config import TrainConfig
+    from trainables.data.prepare import load_info
+    from trainables.train_loop import train_worker
+
+    cfg = TrainConfig(
+        prepared=prepared,
+        backbone=backbone,
+        pretrained=False,
+        epochs=epochs,
+        batch_size=batch_size,
+        warmup_epochs=0,
+        loader_workers=workers,
+        compile=compile_,
+    )
+    n_train = sum(s["rows"] for s in load_info(prepared)["shards"] if s["split"] == "train")
+    ray.init(include_dashboard=False)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = TorchTrainer(
+                train_worker,
+                train_loop_config=cfg.model_dump(),
+                scaling_config=ScalingConfig(num_workers=1, use_gpu=True, resources_per_worker={"CPU": workers + 1}),
+                run_config=RunConfig(name="gpu", storage_path=tmp),
+            )
+            result = trainer.fit()
+    finally:
+        ray.shutdown()
+    history = [m for _, m in sorted(result.best_checkpoints, key=lambda cm: cm[1]["epoch"])]
+    return [n_train / m["epoch_s"] for m in history]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=4096)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=6, help="DataLoader processes")
+    parser.add_argument("--backbone", default="tf_efficientnet_lite0")
+    parser.add_argument("--compile", action="store_true")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("bench_gpu: no CUDA device on this machine; nothing measured (run it on a GPU node)")
+        return
+    from trainables.data.prepare import PrepareOptions, prepare
+
+    raw = synthetic(args.n, args.image_size)
+    prepared = raw.parent / f"{raw.name}-prepared"
+    prepare(PrepareOptions(format="isic2019", root=str(raw), image_size=args.image_size), prepared, progress=False)
+    common = (str(prepared), args.backbone, args.batch_size, args.epochs, args.workers, args.compile)
+    with Utilisation() as plain_util:
+        plain = plain_amp(*common)
+    with Utilisation() as ours_util:
+        ours = skintune_loop(*common)
+    plain_rate, ours_rate = statistics.median(plain[1:] or plain), statistics.median(ours[1:] or ours)
+    result = {
+        "settings": vars(args),
+        "plain_images_per_s": [round(r, 1) for r in plain],
+        "skintune_images_per_s": [round(r, 1) for r in ours],
+        "ratio": round(ours_rate / plain_rate, 3),
+        "goal_ratio": 0.95,
+        "gpu_util_plain_pct": plain_util.mean,
+        "gpu_util_skintune_pct": ours_util.mean,
+    }
+    write_result("gpu", result)
+    print(result)
+
+
+if __name__ == "__main__":
+    main()
