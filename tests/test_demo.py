@@ -3,8 +3,15 @@ then assertions on the artifacts a user reads and ships."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,16 +20,27 @@ import pytest
 from PIL import Image
 from sklearn.metrics import balanced_accuracy_score
 
+from tuner.cli import main
 from tuner.demo import run_demo
 from tuner.predict import load_bundle, predict_images
 
 pytestmark = pytest.mark.ray
 
 
-def test_smoke_demo_end_to_end(ray_cluster, tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # the smoke experiment's relative data root lands here
-    out = run_demo(str(tmp_path / "results"), smoke=True)
-    printed = capsys.readouterr().out
+@pytest.fixture(scope="module")
+def demo(ray_cluster, tmp_path_factory):
+    """One smoke demo for the module: (its outputs, its folder, what it printed)."""
+    tmp_path = tmp_path_factory.mktemp("demo")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)  # the smoke experiment's relative data root lands here
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            out = run_demo(str(tmp_path / "results"), smoke=True)
+    return out, tmp_path, buffer.getvalue()
+
+
+def test_smoke_demo_end_to_end(demo):
+    out, tmp_path, printed = demo
     for stage in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]", "demo finished"):
         assert stage in printed
     exp_dir = Path(out["experiment_dir"])
@@ -69,3 +87,47 @@ def test_smoke_demo_end_to_end(ray_cluster, tmp_path, monkeypatch, capsys):
     card = (Path(out["export"]) / "MODEL_CARD.md").read_text()
     assert "none (random init)" in card  # the smoke backbone is trained from scratch, and the card says so
     assert io.BytesIO((Path(out["export"]) / "model.safetensors").read_bytes()).getbuffer().nbytes > 0
+
+
+def test_rerun_after_interruptions_skips_finished_work_and_gives_the_same_report(demo):
+    out, tmp_path, _ = demo
+    exp_dir = Path(out["experiment_dir"])
+    common = ["--storage", str(exp_dir.parent), "--experiment", "smoke"]
+
+    # compare again: the same report table (every statistic is seeded)
+    before = pd.read_parquet(exp_dir / "report" / "results.parquet")
+    assert main(["compare", *common]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(exp_dir / "report" / "results.parquet"), before)
+
+    # an export killed part-way leaves only its hidden temp folder: the rerun writes the same bundle, tidies up
+    bundle = Path(out["export"])
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    stale = bundle.with_name(f".{bundle.name}.tmp-deadbeef")
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half a file")
+    assert main(["export", *common]) == 0
+    assert json.loads((bundle / "metrics.json").read_text()) == metrics and not stale.exists()
+
+    # retrain killed (SIGKILL) while one run trains again: the rerun trains only that run, keeps the others
+    runs = {p.parent: p.stat().st_mtime_ns for p in (exp_dir / "retrain").glob("*/seed_*/metrics.json")}
+    redo = exp_dir / "retrain" / "mtl" / "seed_1"
+    shutil.rmtree(redo)
+    cmd = [sys.executable, "-m", "tuner.cli", "retrain", *common]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    try:
+        deadline = time.time() + 180
+        # after its first checkpoint: the run's workers are up (see README, known limitations)
+        while not list(redo.glob("run/checkpoint_*")):
+            assert proc.poll() is None and time.time() < deadline, "retrain ended before it could be killed"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (redo / "metrics.json").exists()
+    assert main(["retrain", *common]) == 0
+    assert (redo / "metrics.json").is_file()
+    for run, mtime in runs.items():
+        if run != redo:
+            assert (run / "metrics.json").stat().st_mtime_ns == mtime  # finished runs were skipped

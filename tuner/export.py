@@ -80,6 +80,9 @@ def export_model(experiment_dir: str, out: str | None = None, seed: int | None =
 
     target = Path(out).expanduser() if out else exp_dir / "export"
     _check_target(target)
+    for kind in ("tmp", "old"):  # what a killed export left beside the bundle
+        for stale in target.parent.glob(f".{target.name}.{kind}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir(parents=True)
     try:
