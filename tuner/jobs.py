@@ -73,6 +73,10 @@ def client(address: str):
     from ray.job_submission import JobSubmissionClient
 
     _enable_token_auth()
+    if not os.environ.get("RAY_ADDRESS", "http").startswith("http"):
+        # a GCS address (e.g. from `ray start`) makes the SDK also dial the GCS, whose refusals are logged as extra
+        # lines; these commands only speak HTTP to the Jobs API
+        os.environ.pop("RAY_ADDRESS")
     try:
         return JobSubmissionClient(address)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line
