@@ -108,6 +108,11 @@ def download(uri: str, local: str | Path, skip=None) -> Path:
     return local
 
 
+def cache_dir(kind: str, uri: str) -> Path:
+    """The node-local folder of ``kind`` (remote, staging, mirror) kept for ``uri``."""
+    return CACHE / kind / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
 def local_dir(path: str, marker: str = "dataset.json") -> str:
     """A local folder with the contents of ``path``: itself when local, else a node-local cached copy.
 
@@ -116,7 +121,7 @@ def local_dir(path: str, marker: str = "dataset.json") -> str:
     """
     if not is_uri(path):
         return path
-    cached = CACHE / "remote" / hashlib.sha256(path.encode()).hexdigest()[:16]
+    cached = cache_dir("remote", path)
     if (cached / marker).is_file():
         return str(cached)
     cached.parent.mkdir(parents=True, exist_ok=True)

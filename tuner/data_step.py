@@ -7,7 +7,6 @@ at the URI means the upload is complete. Workers read a node-local copy (``train
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from trainables import storage
@@ -46,7 +45,7 @@ def prepare_to(opts, target: str, **kwargs) -> dict:
 
 
 def _staging(uri: str) -> Path:
-    return storage.CACHE / "staging" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return storage.cache_dir("staging", uri)
 
 
 def publish_prepared(local: Path, uri: str) -> None:

@@ -5,7 +5,6 @@ command runs locally, and its output folder is uploaded back. Local experiments 
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +20,7 @@ SKIP_FOR_TENSORBOARD = (r"^tune/runs/", r"^prepared/", r"/checkpoint_", r"\.parq
 
 
 def mirror_path(uri: str) -> Path:
-    return storage.CACHE / "mirror" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    return storage.cache_dir("mirror", uri)
 
 
 @contextmanager
