@@ -7,8 +7,10 @@ view, the Tune results and the report read the same names.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -49,6 +51,57 @@ class UploadingWriter:
         self.writer.close()
         storage.upload(self.writer.log_dir, self.uri)
         shutil.rmtree(self.writer.log_dir, ignore_errors=True)
+
+
+# The train loop's tags by the step they are logged at: per optimizer step (``epoch * steps_per_epoch + i``),
+# per epoch (the epoch number, 1-based), and the text logged again by every start of the loop.
+STEP_TAGS = ("train/loss", "train/loss_lesion", "train/loss_site", "lr")
+EPOCH_TAG_PREFIX = "val/"
+RESTART_TAGS = ("config/text_summary",)
+
+
+def drop_stale_events(logdir: str | None, next_epoch: int, steps_per_epoch: int, writer=None) -> int:
+    """Remove from ``logdir``'s event files what an earlier, interrupted start of this run logged for the epochs
+    a restart trains again (``next_epoch`` on, 0-based: the epoch after the restored checkpoint, 0 without one),
+    so that after a killed worker or driver every step appears once in TensorBoard. Returns the events dropped.
+
+    Only our own tags are dropped (Tune's ``ray/tune/*`` events in the same folder are left alone); the file of
+    ``writer`` (the restart's own) is skipped, and a file is rewritten (temp name, then rename) only when
+    something is dropped. Local folders only: on cloud storage stale events stay (a TensorBoard restart then
+    shows both)."""
+    if not logdir or storage.is_uri(logdir) or not Path(logdir).is_dir():
+        return 0
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    def stale(event) -> bool:
+        for value in event.summary.value:
+            if value.tag in STEP_TAGS:
+                return event.step >= next_epoch * steps_per_epoch
+            if value.tag.startswith(EPOCH_TAG_PREFIX):
+                return event.step > next_epoch
+            if value.tag in RESTART_TAGS:
+                return True
+        return False
+
+    own = getattr(getattr(getattr(writer, "file_writer", None), "event_writer", None), "_file_name", None)
+    dropped = 0
+    for path in sorted(Path(logdir).glob("*tfevents*")):
+        if own and path.samefile(own):
+            continue
+        records = list(RawEventFileLoader(str(path)).Load())
+        keep = [r for r in records if not stale(event_pb2.Event.FromString(r))]
+        if len(keep) == len(records):
+            continue
+        tmp = path.with_name(f".skintune-{path.name.replace('tfevents', 'tmp')}")  # not an event file by its name
+        with open(tmp, "wb") as f:
+            out = RecordWriter(f)
+            for record in keep:
+                out.write(record)
+        os.replace(tmp, path)
+        dropped += len(records) - len(keep)
+    return dropped
 
 
 def confusion_figure(cm: np.ndarray, classes: list[str], title: str):

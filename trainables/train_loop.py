@@ -34,7 +34,7 @@ from trainables.evaluate import predict, rank_slice, split_metrics
 from trainables.losses import build_loss, class_weights
 from trainables.model import build_model, param_groups
 from trainables.pretrained import data_config
-from trainables.tensorboard import confusion_figure, log_config, log_hparams, open_writer
+from trainables.tensorboard import confusion_figure, drop_stale_events, log_config, log_hparams, open_writer
 
 DIVERGED_LOSS = 1.0e6  # what a diverged run reports for its losses: finite, and worse than any real run
 
@@ -269,10 +269,14 @@ def train_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     run = setup(cfg, ctx.get_world_rank(), ctx.get_world_size())
     start_epoch, metrics = _resume(run)
-    if start_epoch >= cfg.epochs or metrics.get("diverged"):
-        # finished (or diverged) before a restart: report again, Tune's state may lag (ray.md)
+    if run.rank == 0:  # a restart trains epochs from start_epoch again: drop what an interrupted start logged
+        drop_stale_events(cfg.tensorboard_dir, start_epoch, len(run.train_loader), run.writer)
+    if start_epoch > 0:
+        # a restart reports the restored epoch again: Tune may not have logged it before a kill (its saved state
+        # can lag, reference/ray.md); Tune's loggers keep one row per epoch (tuner/tune_run.py, LoggedEpochs)
         ray.train.report(metrics)
-        return
+    if start_epoch >= cfg.epochs or metrics.get("diverged"):
+        return  # finished (or diverged) before the restart
     first_step: dict = {}
     classes = run.info["lesion_classes"]
     for epoch in range(start_epoch, cfg.epochs):

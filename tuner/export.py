@@ -18,8 +18,9 @@ with the best validation objective (``tune.metric`` / ``tune.mode`` of ``experim
                           (see :mod:`tuner.export_metrics`)
     MODEL_CARD.md         see :mod:`tuner.model_card`
 
-The bundle is written to a temporary sibling folder and renamed into place; an existing ``DIR`` is only
-replaced when it is empty or a previous skintune export. Nothing here unpickles: weights are safetensors,
+The bundle is written to a temporary sibling folder and renamed into place; an existing ``--out DIR`` is only
+replaced when it is empty or a previous skintune export (the default folder always: it is the experiment's own, so
+a damaged bundle there is simply written again). Nothing here unpickles: weights are safetensors,
 ``train_state.pt`` is never read, everything else is JSON, YAML or Parquet.
 """
 
@@ -79,7 +80,7 @@ def export_model(experiment_dir: str, out: str | None = None, seed: int | None =
     metrics["selected_by"] = {"metric": metric, "mode": mode, "value": run["val"].get(metric), "named": seed}
 
     target = Path(out).expanduser() if out else exp_dir / "export"
-    _check_target(target)
+    _check_target(target, named=bool(out))
     for kind in ("tmp", "old"):  # what a killed export left beside the bundle
         for stale in target.parent.glob(f".{target.name}.{kind}-*"):
             shutil.rmtree(stale, ignore_errors=True)
@@ -208,10 +209,13 @@ def is_export(path: Path) -> bool:
         return False
 
 
-def _check_target(target: Path) -> None:
+def _check_target(target: Path, named: bool = True) -> None:
+    """A folder the user ``named`` (--out) is replaced only when it is empty or a skintune export; the default
+    ``<experiment>/export`` is skintune's own, so a bundle damaged there (e.g. its config.json deleted) is
+    replaced too."""
     if target.exists() and not target.is_dir():
         raise UserError(f"{target} is a file; --out needs a folder")
-    if target.is_dir() and any(target.iterdir()) and not is_export(target):
+    if named and target.is_dir() and any(target.iterdir()) and not is_export(target):
         raise UserError(f"{target} is not empty and not a skintune export; pick an empty or new --out folder")
 
 

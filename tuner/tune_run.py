@@ -2,7 +2,8 @@
 
 Each trial's Tune trainable is :func:`trial_driver`, a small function that builds the same ``TorchTrainer`` as
 ``skintune train`` (named after the trial id, so a restored trial resumes its own run) and forwards every
-epoch's metrics to Tune with ``TuneReportCallback``. Layout under ``<storage>/<experiment>/``::
+epoch's metrics to Tune with :class:`EpochReportCallback` (Tune's ``training_iteration`` is the epoch, also after a
+resume). Layout under ``<storage>/<experiment>/``::
 
     experiment.yaml          the resolved experiment config
     tune/                    Tune's experiment dir; tune/<trial>/ holds Tune's and the workers' TensorBoard events
@@ -12,6 +13,7 @@ epoch's metrics to Tune with ``TuneReportCallback``. Layout under ``<storage>/<e
 
 from __future__ import annotations
 
+import csv
 import math
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import optuna
 import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -30,6 +33,84 @@ from tuner.config import ExperimentConfig, is_uri, join_storage
 from tuner.train_run import make_trainer
 
 DRIVER_CPU = 0.25  # a trial's driver only waits on its workers
+
+
+class EpochReportCallback(TuneReportCallback):
+    """``TuneReportCallback`` with Tune's ``training_iteration`` set to the worker's epoch.
+
+    Tune counts iterations itself and starts again at 1 when a trial is restored without a Tune checkpoint (a
+    resumed experiment: the trial's Train run continues from its own checkpoint), which made a resumed trial's
+    ``ray/tune/*`` TensorBoard steps repeat and ASHA see it at the wrong rung. Tune keeps a reported value."""
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if metrics and "epoch" in metrics[0]:
+            metrics = [{**metrics[0], "training_iteration": int(metrics[0]["epoch"])}, *metrics[1:]]
+        super().after_report(run_context, metrics, checkpoint)
+
+
+class LoggedEpochs:
+    """The last epoch each trial's Tune logs hold, so that a result is logged once per epoch.
+
+    A restarted Train run reports the epoch it resumes from once more (trainables/train_loop.py: Tune may not
+    have logged it before a kill). And Tune saves its experiment state only every ~10 s, so a driver killed after
+    a trial's last rows were logged can leave that trial RUNNING in the saved state: on resume it runs again and
+    its finished Train run reports its last epoch again. Such a repeat is left out of progress.csv, result.json
+    and Tune's TensorBoard events. After a driver restart the last logged epoch is read from the trial's
+    progress.csv (where the driver has it: a local experiment)."""
+
+    def __init__(self):
+        self._last: dict[str, int] = {}
+        self._current: dict[str, tuple[dict, bool]] = {}  # per trial: the result being logged, and the verdict
+
+    def repeat(self, trial, result: dict) -> bool:
+        seen = self._current.get(trial.trial_id)
+        if seen is not None and seen[0] is result:  # the same result, asked by the next logger
+            return seen[1]
+        epoch = result.get("epoch")
+        if trial.trial_id not in self._last:
+            self._last[trial.trial_id] = _last_logged_epoch(Path(trial.local_path, "progress.csv"))
+        verdict = epoch is not None and epoch <= self._last[trial.trial_id]
+        if epoch is not None and not verdict:
+            self._last[trial.trial_id] = epoch
+        self._current[trial.trial_id] = (result, verdict)
+        return verdict
+
+
+def _last_logged_epoch(path: Path) -> float:
+    try:
+        rows = list(csv.DictReader(path.read_text().splitlines()))
+    except OSError:
+        return -math.inf
+    epochs = [float(r["epoch"]) for r in rows if r.get("epoch") not in (None, "")]
+    return max(epochs, default=-math.inf)
+
+
+class _OncePerEpoch:
+    def __init__(self, logged: LoggedEpochs):
+        super().__init__()
+        self._logged = logged
+
+    def log_trial_result(self, iteration: int, trial, result: dict):
+        if not self._logged.repeat(trial, result):
+            super().log_trial_result(iteration, trial, result)
+
+
+class OnceCSVLogger(_OncePerEpoch, CSVLoggerCallback):
+    pass
+
+
+class OnceJsonLogger(_OncePerEpoch, JsonLoggerCallback):
+    pass
+
+
+class OnceTBXLogger(_OncePerEpoch, TBXLoggerCallback):
+    pass
+
+
+def epoch_loggers() -> list:
+    """Tune's three loggers (CSV, JSON, TensorBoard), each logging a trial's epoch once (see LoggedEpochs)."""
+    logged = LoggedEpochs()
+    return [OnceCSVLogger(logged), OnceJsonLogger(logged), OnceTBXLogger(logged)]
 
 
 def trial_driver(config: dict, exp: dict, prepared: str, use_gpu: bool) -> None:
@@ -52,7 +133,7 @@ def trial_driver(config: dict, exp: dict, prepared: str, use_gpu: bool) -> None:
         ctx.get_trial_id(),
         runs_dir(experiment),
         use_gpu,
-        callbacks=[TuneReportCallback()],
+        callbacks=[EpochReportCallback()],
     )
     result = trainer.fit()
     if result.error is not None:
@@ -73,7 +154,7 @@ def _sampler(exp: ExperimentConfig) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)
     if exp.tune.sampler == "qmc":
         return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
-    return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=exp.tune.tpe_startup_trials)
 
 
 def _searcher(exp: ExperimentConfig) -> OptunaSearch:
@@ -134,6 +215,7 @@ def make_tuner(exp: ExperimentConfig, prepared: str, use_gpu: bool, resources: d
             name="tune",
             storage_path=exp.experiment_dir,
             failure_config=tune.FailureConfig(max_failures=t.max_failures),
+            callbacks=epoch_loggers(),
             verbose=1,
         ),
     )

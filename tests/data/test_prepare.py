@@ -3,8 +3,14 @@
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -140,3 +146,56 @@ def test_prepare_memory_does_not_hold_the_dataset(good_root, tmp_path):
     assert max(s["rows"] for s in info["shards"]) <= 5
     assert len(info["shards"]) >= 34 // 5
     assert all(os.path.getsize(out / s["file"]) > 0 for s in info["shards"])
+
+
+def _session_processes(sid: int) -> list[int]:
+    """Processes still alive in session ``sid`` (a command started with start_new_session=True)."""
+    out = subprocess.run(["ps", "-o", "pid=", "-s", str(sid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_prepare_killed_by_sigkill_resumes_to_the_same_dataset(tmp_path):
+    """A real SIGKILL of `skintune prepare` after its first shard: no worker outlives it, the rerun keeps the
+    finished shards, leaves no partial file and ends with the dataset an uninterrupted run makes."""
+    from trainables.data.synthetic import generate
+
+    raw = generate(tmp_path / "raw", n=1500, image_size=48, seed=0, progress=False)
+    size, shard_size = 384, 20  # upscaled on purpose: ~3 s of encoding in 75 shards, time to kill it mid-way
+    reference = prepare(
+        PrepareOptions(format="isic2019", root=str(raw), image_size=size, shard_size=shard_size),
+        tmp_path / "reference",
+        progress=False,
+    )
+    out = tmp_path / "prep"
+    cmd = [sys.executable, "-m", "tuner.cli", "prepare", "--format", "isic2019", "--root", str(raw)]
+    cmd += ["--out", str(out), "--image-size", str(size), "--shard-size", str(shard_size)]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not list(out.glob("shards/*.parquet")):
+            assert proc.poll() is None and time.time() < deadline, "prepare ended before its first shard was seen"
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        kept = {p: p.stat().st_mtime_ns for p in out.glob("shards/*.parquet")}
+        assert not (out / "dataset.json").exists()  # killed mid-way: not complete, and it does not look complete
+        assert 1 <= len(kept) < len(reference["shards"])
+        deadline = time.time() + 10  # its pool workers die with it (none left encoding shards for ever)
+        while _session_processes(proc.pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert _session_processes(proc.pid) == []
+    finally:
+        for pid in _session_processes(proc.pid):  # only if the assertion above failed
+            os.kill(pid, signal.SIGKILL)
+
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    info = load_info(out)
+    assert info == reference  # the same dataset.json: split, counts, shard list, fingerprint of every image
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # finished shards were kept, not redone
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+    assert sorted(p.name for p in out.glob("shards/*.parquet")) == sorted(Path(s["file"]).name for s in info["shards"])
+    rows = pq.read_table([out / s["file"] for s in info["shards"]], columns=["image_id", "image"]).to_pandas()
+    assert rows["image_id"].is_unique and rows["image"].map(len).gt(0).all()
+    truth = pd.read_csv(raw / "ISIC_2019_Training_GroundTruth.csv")
+    assert set(rows["image_id"]) == set(truth["image"]) and len(rows) == len(truth) == 1500

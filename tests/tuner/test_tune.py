@@ -1,13 +1,11 @@
-"""skintune tune on a real local Ray: OptunaSearch + ASHA, results table, TensorBoard server, kill and resume."""
+"""skintune tune on a real local Ray: OptunaSearch + ASHA, results table, TensorBoard server (kill and resume:
+test_faults.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -108,54 +106,7 @@ def test_search_with_early_stopping_table_and_tensorboard(ray_cluster, make_expe
         server.wait(timeout=30)
 
 
-def _progress_rows(trial: Path) -> int:
-    path = trial / "progress.csv"
-    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
-
-
-def test_resume_after_driver_sigkill(ray_cluster, make_experiment, tmp_path):
-    exp = make_experiment("killed", tune={"num_samples": 3, "max_epochs": 4, "scheduler": "none"})
-    config = tmp_path / "killed.yaml"
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "tuner.cli", "tune", "--config", str(config)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    try:
-        # kill when the first trial has finished and the second is part-way. (Killed in the instant
-        # between a trial's placement group and its workers, Ray 2.60 can leak that group on a shared cluster:
-        # see README, known limitations.)
-        while time.time() < deadline:
-            trials = _trial_dirs(exp)
-            done = [t for t in trials if _progress_rows(t) >= 4]
-            running = [t for t in trials if 1 <= _progress_rows(t) < 4]
-            if done and running:
-                break
-            assert driver.poll() is None, "the driver ended before it could be killed"
-            time.sleep(0.1)
-        os.kill(driver.pid, signal.SIGKILL)
-        driver.wait(timeout=30)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-    finished_before = {t.name: t.joinpath("progress.csv").read_text() for t in done}
-    interrupted = running[0].name
-    assert finished_before and not Path(tune_dir(exp), "results.parquet").exists()
-
-    _, table = run_tune(exp, resume=True)
-    assert len(table) == 3 and (table["status"] == "completed").all() and (table["epochs"] == 4).all()
-    trials = _trial_dirs(exp)
-    assert len(trials) == 3  # no trial started twice
-    for name, rows in finished_before.items():  # finished trials kept, not re-run
-        assert (Path(tune_dir(exp)) / name / "progress.csv").read_text() == rows
-    assert all(_progress_rows(t) == 4 for t in trials if t.name != interrupted)
-    # the interrupted trial resumed from its last checkpoint: no epoch was trained twice. (A result that reached
-    # the checkpoint but not Tune's log before the kill is not reported again, so a row may be missing.)
-    epochs = pd.read_csv(Path(tune_dir(exp)) / interrupted / "progress.csv")["epoch"].tolist()
-    assert len(epochs) == len(set(epochs)) and epochs[0] == 1 and epochs[-1] == 4  # a restart would repeat 1
-
+def test_resume_without_an_experiment_is_a_clear_error(make_experiment):
+    # killing the driver and resuming (at three points of one experiment): tests/tuner/test_faults.py
     with pytest.raises(UserError, match="no experiment to resume"):
         check_start(make_experiment("never-ran"), resume=True)

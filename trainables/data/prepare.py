@@ -18,6 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
+import sys
+import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -142,12 +146,31 @@ def _plan(frame: pd.DataFrame, key: str, shard_size: int) -> list[tuple[str, pd.
     return plan
 
 
+def _exit_with_parent(parent: int) -> None:
+    """Pool initializer: a worker ends when ``prepare`` itself is killed (SIGKILL leaves the pool no time to stop
+    it, and an orphaned worker would wait for work for ever)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: killed with the parent
+    else:
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the line above took effect
+        os._exit(1)
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
 def _run_plan(plan, shard_dir: Path, opts: PrepareOptions, workers: int, progress: bool) -> dict[str, dict]:
     metas = {name: _read_shard_meta(shard_dir / name) for name, _ in plan if (shard_dir / name).exists()}
     todo = [(name, rows) for name, rows in plan if name not in metas]
     bar = tqdm(total=sum(len(r) for _, r in plan), unit="img", desc="prepare", disable=not progress)
     bar.update(sum(len(r) for n, r in plan if n in metas))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
         pending: dict = {}
         queue = iter(todo)
         while True:
@@ -182,6 +205,11 @@ def _counts(frame: pd.DataFrame, table: RawTable) -> dict:
     return out
 
 
+def _remove_partial(shard_dir: Path) -> None:
+    for leftover in shard_dir.glob("*.tmp-*"):
+        leftover.unlink(missing_ok=True)  # half-written by a killed run
+
+
 def _atomic_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))
@@ -212,10 +240,10 @@ def prepare(
             return info
     shard_dir = out / "shards"
     shard_dir.mkdir(parents=True, exist_ok=True)
-    for leftover in shard_dir.glob("*.tmp-*"):
-        leftover.unlink()  # half-written by a killed run
+    _remove_partial(shard_dir)
     plan = _plan(frame, key, opts.shard_size)
     metas = _run_plan(plan, shard_dir, opts, workers or os.cpu_count() or 1, progress)
+    _remove_partial(shard_dir)  # (one a dying worker of a killed run may have left after the first sweep)
 
     bad = [b for name, _ in plan for b in metas[name]["bad"]]
     bad_ids = {b["image_id"] for b in bad}

@@ -7,12 +7,14 @@ test predictions, draw the figures and write ``report/{report.html, report.md, r
 from __future__ import annotations
 
 import datetime as _dt
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from trainables import storage
 from trainables.metrics import lesion_metrics, prefixed, site_metrics
 from tuner import stats
 from tuner.report import context, render, sections
@@ -103,8 +105,12 @@ def build_report(experiment_dir: str | Path, n_boot: int = N_BOOT, n_perm: int =
     inp = load_inputs(experiment_dir)
     out = inp.experiment_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
+    for partial in out.glob(".*.tmp*"):  # left by a killed compare (every file here is written by temp + rename)
+        partial.unlink(missing_ok=True)
     table = results_table(inp)
-    table.to_parquet(out / "results.parquet", index=False)
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    storage.write_bytes(str(out / "results.parquet"), buffer.getvalue())  # atomic: a killed compare leaves no half file
     comparisons = compare(inp, table, n_boot, n_perm)
     notes = check_metrics_json(inp, table)
     parts = [
@@ -118,6 +124,6 @@ def build_report(experiment_dir: str | Path, n_boot: int = N_BOOT, n_perm: int =
         context.reproduction(inp),
     ]
     title, subtitle = f"skintune report: {inp.name}", _subtitle(inp)
-    (out / "report.md").write_text(render.markdown(title, subtitle, parts))
-    (out / "report.html").write_text(render.html_page(title, subtitle, parts))
+    storage.write_text(str(out / "report.md"), render.markdown(title, subtitle, parts))
+    storage.write_text(str(out / "report.html"), render.html_page(title, subtitle, parts))
     return out / "report.html"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -25,8 +26,10 @@ DPI = 110
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI, bbox_inches="tight")  # "tight" keeps legends placed outside the axes
+    tmp = path.with_name(f".{path.name}.tmp")  # then renamed: a killed compare leaves no half-written plot
+    fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=DPI, bbox_inches="tight")  # "tight": legends outside
     plt.close(fig)
+    os.replace(tmp, path)
     return path
 
 
