@@ -1,6 +1,7 @@
 """Faults on a real local Ray, each a real SIGKILL: the tuning driver at three points of one experiment (resumed
-with `skintune tune --resume`), a Train worker in the middle of an epoch (FailureConfig restarts the group), and
-`skintune retrain`, `compare` and `export` part-way (run again). `prepare` killed part-way: tests/data."""
+with `skintune tune --resume`), a Train worker in the middle of an epoch (FailureConfig restarts the group).
+`prepare` killed part-way: tests/data/test_prepare.py; retrain, compare and export killed and rerun:
+tests/test_demo.py."""
 
 from __future__ import annotations
 
@@ -313,88 +314,53 @@ def test_worker_sigkilled_mid_epoch_restarts_from_the_checkpoint_with_its_optimi
     assert load_meta(final)["metrics"]["lr"] == pytest.approx(0.0, abs=1e-12)  # the cosine schedule ended at 0
 
 
-# -- retrain, compare and export killed and run again ------------------------------------------------------------
-def _kill_when(cmd: list[str], ready, log: Path, timeout: float = 240) -> bool:
-    """Run ``cmd``; SIGKILL it as soon as ``ready()`` holds. False when it finished first (then it must have
-    succeeded)."""
-    with log.open("a") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.time() + timeout
-    try:
-        while proc.poll() is None:
-            assert time.time() < deadline, log.read_text()[-3000:]
-            if ready():
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-                return True
-            time.sleep(0.01)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=30)
-    assert proc.returncode == 0, log.read_text()[-3000:]
-    return False
+# -- a trial that diverges inside a search ------------------------------------------------------------------------
+def test_a_diverging_trial_is_recorded_with_a_finite_objective_and_the_search_goes_on(
+    make_experiment, ray_cluster, tmp_path
+):
+    import math
 
+    import optuna
 
-def test_retrain_compare_and_export_killed_then_rerun_skip_finished_work(ray_cluster, make_experiment, tmp_path):
-    from tuner.cli import main
-    from tuner.export import BUNDLE_FILES
-    from tuner.results import write_results
-    from tuner.tune_run import write_experiment_yaml
+    from tuner.tune_run import run_tune
 
-    # the search's outcome written directly (as tests/tuner/test_retrain.py does): no tune run needed here
-    exp = make_experiment("rerun", tune={"max_epochs": 1}, train={"workers_per_trial": 1}, retrain={"seeds": 2})
-    write_experiment_yaml(exp)
-    Path(tune_dir(exp)).mkdir(parents=True)
-    best = {"trial_id": "t0", "status": "completed", "epochs": 1, "last_objective": 0.5, "best_objective": 0.5}
-    best.update({"best_epoch": 1, "checkpoint_path": None, "wall_s": 30.0, "error": None, "param/lr_head": 3e-3})
-    write_results(pd.DataFrame([best]), tune_dir(exp))
-    root = Path(exp.experiment_dir)
-    common = ["--storage", exp.storage, "--experiment", "rerun"]
-    cli = [sys.executable, "-m", "tuner.cli"]
-    log = tmp_path / "commands.log"
+    space = tmp_path / "diverge-space.yaml"
+    # a head learning rate of 1e8 (no clipping, no warm-up) makes the loss non-finite within the first epoch; the
+    # random sampler's seed 0 draws it for the second of three trials, so trials run before and after it
+    space.write_text(
+        "params:\n"
+        "  backbone: {type: fixed, value: test_efficientnet}\n"
+        "  pretrained: {type: fixed, value: false}\n"
+        "  lr_head: {type: categorical, choices: [1.0e+8, 1.0e-3], role: nuisance}\n"
+    )
+    study = f"sqlite:///{tmp_path / 'study.db'}"
+    exp = make_experiment(
+        "diverge-search",
+        search_space=str(space),
+        tune={
+            "num_samples": 3,
+            "max_epochs": 2,
+            "scheduler": "none",
+            "sampler": "random",
+            "seed": 0,
+            "max_concurrent_trials": 1,
+            "study_storage": study,
+        },
+        train={"workers_per_trial": 1, "grad_clip": 0.0, "warmup_epochs": 0},
+    )
+    _, table = run_tune(exp)
 
-    # retrain (2 seeds x 2 arms, two runs at a time) SIGKILLed once its first run has finished
-    def finished() -> dict[Path, tuple[int, bytes]]:
-        return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in root.glob("retrain/*/seed_*/metrics.json")}
-
-    assert _kill_when([*cli, "retrain", *common], lambda: bool(finished()), log)
-    done_before = finished()
-    assert 1 <= len(done_before) < 4, sorted(done_before)
-    predictions = {p.parent: p.parent.joinpath("predictions.parquet").stat().st_mtime_ns for p in done_before}
-    rerun = subprocess.run([*cli, "retrain", *common], capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-2000:]
-    after = finished()
-    assert len(after) == 4  # every run complete
-    for path, (mtime, data) in done_before.items():  # finished runs were skipped: not trained or written again
-        assert after[path] == (mtime, data), path
-        assert path.parent.joinpath("predictions.parquet").stat().st_mtime_ns == predictions[path.parent]
-    assert {json.loads(data)["seed"] for _, data in after.values()} == {0, 1}
-
-    # compare SIGKILLed part-way, then twice more: the same results table, no partial file
-    report = root / "report"
-    killed = _kill_when([*cli, "compare", *common], lambda: (report / "results.parquet").exists(), log)
-    assert main(["compare", *common]) == 0
-    first = (report / "results.parquet").read_bytes()
-    assert main(["compare", *common]) == 0
-    assert (report / "results.parquet").read_bytes() == first
-    assert (report / "report.html").stat().st_size > 0 and not list(report.glob(".*"))
-
-    # export; part of the bundle deleted; export again: complete and the same metrics
-    bundle = root / "export"
-    assert main(["export", *common]) == 0
-    metrics = (bundle / "metrics.json").read_text()
-    for name in ("config.json", "model.torchscript.pt"):
-        (bundle / name).unlink()
-    assert main(["export", *common]) == 0
-    assert sorted(p.name for p in bundle.iterdir()) == sorted(BUNDLE_FILES)
-    assert (bundle / "metrics.json").read_text() == metrics
-    # export SIGKILLed while it writes: the previous bundle stays whole; the rerun tidies up
-    temp = lambda: list(root.glob(".export.tmp-*"))  # noqa: E731
-    export_killed = _kill_when([*cli, "export", *common], lambda: bool(temp()), log)
-    if export_killed:
-        assert sorted(p.name for p in bundle.iterdir()) == sorted(BUNDLE_FILES)
-    assert main(["export", *common]) == 0
-    assert sorted(p.name for p in bundle.iterdir()) == sorted(BUNDLE_FILES)
-    assert (bundle / "metrics.json").read_text() == metrics and not list(root.glob(".export.*"))
-    print("killed part-way: compare", killed, "export", export_killed)
+    table = pd.read_parquet(Path(tune_dir(exp), "results.parquet"))
+    assert len(table) == 3
+    diverged = table[table["status"] == "diverged"]
+    assert len(diverged) == 1 and float(diverged["param/lr_head"].iloc[0]) == 1.0e8
+    assert (table.loc[table["status"] != "diverged", "status"] == "completed").all()  # the search went on
+    # the diverged trial's objective is finite and the worst in the table (it ranks last, never "best")
+    assert all(math.isfinite(v) for v in table["best_objective"])
+    assert table["best_objective"].iloc[-1] == diverged["best_objective"].iloc[0]
+    assert diverged["best_objective"].iloc[0] < table["best_objective"].iloc[0]
+    assert diverged["epochs"].iloc[0] == 1  # it stopped at the first non-finite loss, not after max_epochs
+    # the searcher was told a finite value for every trial (Optuna refuses NaN: such a trial would be FAILED)
+    trials = optuna.load_study(study_name=exp.name, storage=study).trials
+    assert len(trials) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert all(math.isfinite(t.value) for t in trials)
