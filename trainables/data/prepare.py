@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -109,32 +110,43 @@ def _input_key(frame: pd.DataFrame, opts: PrepareOptions) -> str:
     return h.hexdigest()
 
 
+ROW_GROUP = 256  # images a shard writer holds at a time: one Parquet row group
+
+
 def _write_shard(path: str, rows: pd.DataFrame, image_size: int, quality: int) -> dict:
-    """Worker: encode ``rows`` into one shard file; returns its row count, digest and unreadable images."""
-    images, keep, bad = [], [], []
+    """Worker: encode ``rows`` into one shard file, a row group at a time (so a worker's memory does not grow with
+    the shard size); returns its row count, digest and unreadable images, also stored in the file's metadata."""
+    bad: list[dict] = []
+    kept_rows = 0
     digest = hashlib.sha256()
-    for i, row in enumerate(rows.itertuples(index=False)):
-        try:
-            data = prepare_image(row.image_path, image_size, quality)
-        except BadImage as exc:
-            bad.append({"image_id": row.image_id, "path": row.image_path, "reason": str(exc)})
-            continue
-        digest.update(row.image_id.encode() + hashlib.sha256(data).digest())
-        images.append(data)
-        keep.append(i)
-    kept = rows.iloc[keep]
-    columns = {c: kept[c].tolist() for c in SHARD_COLUMNS if c != "image"}
-    columns["image"] = images
-    meta = {"rows": len(kept), "digest": digest.hexdigest(), "bad": bad}
-    table = pa.table(columns, schema=SHARD_SCHEMA).replace_schema_metadata({"skintune": json.dumps(meta)})
     tmp = f"{path}.tmp-{os.getpid()}"
-    pq.write_table(table, tmp, compression="none", row_group_size=256)
+    with pq.ParquetWriter(tmp, SHARD_SCHEMA, compression="none") as writer:
+        for start in range(0, len(rows), ROW_GROUP):
+            part = rows.iloc[start : start + ROW_GROUP]
+            images, keep = [], []
+            for i, row in enumerate(part.itertuples(index=False)):
+                try:
+                    data = prepare_image(row.image_path, image_size, quality)
+                except BadImage as exc:
+                    bad.append({"image_id": row.image_id, "path": row.image_path, "reason": str(exc)})
+                    continue
+                digest.update(row.image_id.encode() + hashlib.sha256(data).digest())
+                images.append(data)
+                keep.append(i)
+            if not keep:
+                continue
+            kept = part.iloc[keep]
+            columns = {c: kept[c].tolist() for c in SHARD_COLUMNS if c != "image"}
+            writer.write_table(pa.table({**columns, "image": images}, schema=SHARD_SCHEMA))
+            kept_rows += len(kept)
+        meta = {"rows": kept_rows, "digest": digest.hexdigest(), "bad": bad}
+        writer.add_key_value_metadata({"skintune": json.dumps(meta)})
     os.replace(tmp, path)
     return meta
 
 
 def _read_shard_meta(path: Path) -> dict:
-    return json.loads(pq.read_schema(path).metadata[b"skintune"])
+    return json.loads(pq.read_metadata(path).metadata[b"skintune"])
 
 
 def _plan(frame: pd.DataFrame, key: str, shard_size: int) -> list[tuple[str, pd.DataFrame]]:
@@ -165,26 +177,34 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-def _run_plan(plan, shard_dir: Path, opts: PrepareOptions, workers: int, progress: bool) -> dict[str, dict]:
+@contextmanager
+def _worker_pool(workers: int):
+    """The processes that write the shards, started before the metadata table is read, so that a forked worker
+    does not inherit it: their peak memory stays the same for any dataset size (benchmarks/bench_memory.py)."""
+    with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
+        pool.submit(int).result()  # a forking pool starts all its workers with the first task
+        yield pool
+
+
+def _run_plan(plan, shard_dir: Path, opts: PrepareOptions, pool, workers: int, progress: bool) -> dict[str, dict]:
     metas = {name: _read_shard_meta(shard_dir / name) for name, _ in plan if (shard_dir / name).exists()}
     todo = [(name, rows) for name, rows in plan if name not in metas]
     bar = tqdm(total=sum(len(r) for _, r in plan), unit="img", desc="prepare", disable=not progress)
     bar.update(sum(len(r) for n, r in plan if n in metas))
-    with ProcessPoolExecutor(max_workers=workers, initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
-        pending: dict = {}
-        queue = iter(todo)
-        while True:
-            while len(pending) < 2 * workers and (item := next(queue, None)) is not None:
-                name, rows = item
-                future = pool.submit(_write_shard, str(shard_dir / name), rows, opts.image_size, opts.quality)
-                pending[future] = (name, len(rows))
-            if not pending:
-                break
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                name, n = pending.pop(future)
-                metas[name] = future.result()
-                bar.update(n)
+    pending: dict = {}
+    queue = iter(todo)
+    while True:
+        while len(pending) < 2 * workers and (item := next(queue, None)) is not None:
+            name, rows = item
+            future = pool.submit(_write_shard, str(shard_dir / name), rows, opts.image_size, opts.quality)
+            pending[future] = (name, len(rows))
+        if not pending:
+            break
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            name, n = pending.pop(future)
+            metas[name] = future.result()
+            bar.update(n)
     bar.close()
     return metas
 
@@ -225,7 +245,25 @@ def prepare(
     progress: bool = True,
 ) -> dict:
     """Prepare the dataset into ``out`` and return the contents of its ``dataset.json``."""
-    out = Path(out).expanduser()
+    workers = workers or os.cpu_count() or 1
+    with _system_allocator(), _worker_pool(workers) as pool:
+        return _prepare(opts, Path(out).expanduser(), pool, workers, skip_bad, progress)
+
+
+@contextmanager
+def _system_allocator():
+    """Arrow's system allocator while preparing (its pool workers fork with it). Arrow's default, mimalloc, keeps
+    the memory of the many small string buffers a large metadata table passes through, so that prepare's peak
+    grew with the dataset (benchmarks/bench_memory.py); the system allocator gives it back."""
+    previous = pa.default_memory_pool()
+    pa.set_memory_pool(pa.system_memory_pool())
+    try:
+        yield
+    finally:
+        pa.set_memory_pool(previous)
+
+
+def _prepare(opts: PrepareOptions, out: Path, pool, workers: int, skip_bad: bool, progress: bool) -> dict:
     table = read_dataset(opts.format, opts.root, opts.options)
     frame = table.frame.copy()
     frame["split"] = _split_column(table, opts)
@@ -242,7 +280,7 @@ def prepare(
     shard_dir.mkdir(parents=True, exist_ok=True)
     _remove_partial(shard_dir)
     plan = _plan(frame, key, opts.shard_size)
-    metas = _run_plan(plan, shard_dir, opts, workers or os.cpu_count() or 1, progress)
+    metas = _run_plan(plan, shard_dir, opts, pool, workers, progress)
     _remove_partial(shard_dir)  # (one a dying worker of a killed run may have left after the first sweep)
 
     bad = [b for name, _ in plan for b in metas[name]["bad"]]
