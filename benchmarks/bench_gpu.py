@@ -1,11 +1,13 @@
 """GPU path: images/s of skintune's Ray Train loop (1 GPU worker: bf16 autocast, channels_last, pinned memory,
-optionally torch.compile) against a plain timm AMP training loop on the same model, data and batch size, plus
-the GPU's mean utilisation during each. Goal (issue 8): skintune / plain >= 0.95.
+optionally torch.compile, optionally nvJPEG decoding and augmentation on the GPU) against a plain timm AMP
+training loop on the same model, data and batch size, plus the GPU's mean utilisation during each.
+Goal (issue 8): skintune / plain >= 0.95.
 
 Needs a CUDA device; on a machine without one it says so and writes nothing (the CPU path is what the tests
 cover). Run it where a GPU is:
 
-    python -m benchmarks.bench_gpu [--n 4096] [--image-size 224] [--batch-size 128] [--epochs 3] [--compile]
+    python -m benchmarks.bench_gpu [--n 4096] [--image-size 224] [--batch-size 128] [--epochs 3] \
+        [--compile] [--gpu-decode]
 """
 
 from __future__ import annotations
@@ -84,7 +86,9 @@ def plain_amp(prepared: str, backbone: str, batch_size: int, epochs: int, worker
     return rates
 
 
-def skintune_loop(prepared: str, backbone: str, batch_size: int, epochs: int, workers: int, compile_: bool):
+def skintune_loop(
+    prepared: str, backbone: str, batch_size: int, epochs: int, workers: int, compile_: bool, gpu_decode: bool = False
+):
     """The real Ray Train worker loop on one GPU worker: images/s per epoch (training part only)."""
     import ray
     from ray.train import RunConfig, ScalingConfig
@@ -103,6 +107,7 @@ def skintune_loop(prepared: str, backbone: str, batch_size: int, epochs: int, wo
         warmup_epochs=0,
         loader_workers=workers,
         compile=compile_,
+        gpu_decode=gpu_decode,
     )
     n_train = sum(s["rows"] for s in load_info(prepared)["shards"] if s["split"] == "train")
     ray.init(include_dashboard=False)
@@ -130,6 +135,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=6, help="DataLoader processes")
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--gpu-decode", action="store_true", help="skintune's loop decodes JPEGs on the GPU (nvJPEG)")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA device on this machine; nothing measured (run it on a GPU node)")
@@ -143,7 +149,7 @@ def main() -> None:
     with Utilisation() as plain_util:
         plain = plain_amp(*common)
     with Utilisation() as ours_util:
-        ours = skintune_loop(*common)
+        ours = skintune_loop(*common, gpu_decode=args.gpu_decode)
     plain_rate, ours_rate = statistics.median(plain[1:] or plain), statistics.median(ours[1:] or ours)
     result = {
         "settings": vars(args),

@@ -57,6 +57,7 @@ class TrainConfig(BaseModel):
     amp: Literal["auto", "on", "off"] = "auto"
     channels_last: bool = True
     compile: bool = False
+    gpu_decode: bool = Field(False, description="decode JPEGs and augment on the GPU (nvJPEG), not in loader workers")
     # records
     tensorboard_dir: str | None = Field(None, description="where rank 0 writes TensorBoard events")
 

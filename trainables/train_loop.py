@@ -4,7 +4,8 @@ Runs on every Train worker (gloo on CPU, NCCL on GPU), for ``skintune train``, f
 retrain seed. Plain PyTorch in fixed phases: set LR (per step), train epoch, evaluate, checkpoint, report.
 Resumes from ``ray.train.get_checkpoint()``; a non-finite loss ends the run with ``diverged = 1`` and the worst
 finite metric values (never a NaN to the searcher). GPU-only paths (bf16 autocast, channels_last, pinned memory,
-non-blocking copies) are guarded by the device type, so the CPU path is the one the tests run.
+non-blocking copies, ``gpu_decode``: nvJPEG decoding and augmentation on the GPU) are guarded by the device type, so
+the CPU path is the one the tests run (``gpu_decode``'s loader is also tested on the CPU device).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from torch.utils.data.distributed import DistributedSampler
 from trainables import storage
 from trainables.checkpoint import load_meta, load_train_state, load_weights, save_checkpoint, unwrap
 from trainables.config import TrainConfig, parse_train_config
-from trainables.data.loader import Augment, ShardDataset, build_transforms
+from trainables.data.loader import Augment, DeviceDecoded, ShardDataset, build_transforms, collate_encoded
 from trainables.data.prepare import load_info
 from trainables.evaluate import predict, rank_slice, split_metrics
 from trainables.losses import build_loss, class_weights
@@ -67,19 +68,21 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 def _loaders(
-    cfg: TrainConfig, prepared: str, info: dict, rank: int, world: int, on_gpu: bool
+    cfg: TrainConfig, prepared: str, info: dict, rank: int, world: int, on_gpu: bool, decode_on=None
 ) -> tuple[DataLoader, DataLoader]:
+    """The train and val loaders of this rank. With ``decode_on`` (a device: ``train.gpu_decode`` on a GPU) their
+    batches are decoded and transformed on that device (:class:`DeviceDecoded`), not in the loader workers."""
     norm = data_config(cfg.backbone)
     size = cfg.image_size or info["prepare_options"]["image_size"]
     augment = Augment(cfg.aug_strength, cfg.crop_scale_min, cfg.hflip, cfg.rotation)
-    train_set = ShardDataset(
-        prepared,
-        "train",
-        build_transforms(size, norm["mean"], norm["std"], True, augment),
-        limit=cfg.limit_train,
-    )
-    val_set = ShardDataset(prepared, "val", build_transforms(size, norm["mean"], norm["std"], False))
+    train_tf = build_transforms(size, norm["mean"], norm["std"], True, augment)
+    val_tf = build_transforms(size, norm["mean"], norm["std"], False)
+    encoded = decode_on is not None
+    train_set = ShardDataset(prepared, "train", None if encoded else train_tf, limit=cfg.limit_train, encoded=encoded)
+    val_set = ShardDataset(prepared, "val", None if encoded else val_tf, encoded=encoded)
     common = dict(num_workers=cfg.loader_workers, pin_memory=on_gpu, persistent_workers=cfg.loader_workers > 0)
+    if encoded:
+        common["collate_fn"] = collate_encoded
     # Our own DistributedSampler (seeded by the run's seed); prepare_data_loader then only moves batches to device.
     sampler = DistributedSampler(
         train_set,
@@ -94,6 +97,8 @@ def _loaders(
         train_set, batch_size=cfg.batch_size, sampler=sampler, drop_last=len(sampler) > cfg.batch_size, **common
     )
     val = DataLoader(rank_slice(val_set, rank, world), batch_size=2 * cfg.batch_size, **common)
+    if encoded:
+        return DeviceDecoded(train, train_tf, decode_on), DeviceDecoded(val, val_tf, decode_on)
     return prepare_data_loader(train, add_dist_sampler=False), val
 
 
@@ -141,7 +146,8 @@ def setup(cfg: TrainConfig, rank: int, world: int) -> Run:
     if any(True for _ in loss_fn.parameters()):  # learned uncertainty weights train with the heads
         groups.append({"params": list(loss_fn.parameters()), "lr": cfg.lr_head, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups)
-    train_loader, val_loader = _loaders(cfg, prepared, info, rank, world, on_gpu)
+    decode_on = device if (on_gpu and cfg.gpu_decode) else None
+    train_loader, val_loader = _loaders(cfg, prepared, info, rank, world, on_gpu, decode_on)
     steps = max(1, len(train_loader))
     schedule = functools.partial(
         lr_factor, warmup_steps=round(cfg.warmup_epochs * steps), total_steps=cfg.epochs * steps

@@ -62,3 +62,26 @@ def test_distributed_sampler_shards_ranks_disjointly(smoke_data):
         seen.append(set(iter(sampler)))
         assert len(list(DataLoader(data, batch_size=16, sampler=sampler))) == pytest.approx(len(sampler) / 16, abs=1)
     assert not seen[0] & seen[1] and len(seen[0] | seen[1]) >= len(data) - 1
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_device_decoded_batches_equal_the_loader_worker_path(smoke_data, train):
+    """train.gpu_decode's loader (JPEG bytes collated as a list, decoded and transformed per batch on a device: nvJPEG
+    on a GPU) gives the same batches as decoding in the Dataset; here on the CPU device, the one a test machine has."""
+    from trainables.data.loader import DeviceDecoded, collate_encoded
+
+    _, prepared = smoke_data
+    transform = build_transforms(40, (0.5,) * 3, (0.5,) * 3, train=train, augment=Augment(strength=0.8))
+    plain = DataLoader(ShardDataset(prepared, "train", transform), batch_size=8)
+    encoded = ShardDataset(prepared, "train", encoded=True)
+    device = DeviceDecoded(DataLoader(encoded, batch_size=8, collate_fn=collate_encoded), transform, "cpu")
+    assert len(device) == len(plain) and device.batch_size == 8  # the wrapped loader's attributes
+    torch.manual_seed(0)
+    expected = list(plain)
+    torch.manual_seed(0)  # the same random draws, in the same order (image by image)
+    got = list(device)
+    assert len(got) == len(expected) > 1
+    for (a, la, sa), (b, lb, sb) in zip(expected, got, strict=True):
+        assert b.shape == a.shape == (len(la), 3, 40, 40) and b.dtype == torch.float32
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+        assert torch.equal(la, lb) and torch.equal(sa, sb)

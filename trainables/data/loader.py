@@ -58,7 +58,9 @@ def build_transforms(image_size: int, mean, std, train: bool, augment: Augment |
 class ShardDataset(Dataset):
     """Images of one split of a prepared dataset; items are ``(image, lesion, site)``."""
 
-    def __init__(self, prepared: str | Path, split: str, transform=None, limit: int | None = None):
+    def __init__(
+        self, prepared: str | Path, split: str, transform=None, limit: int | None = None, encoded: bool = False
+    ):
         self.info = load_info(prepared)
         files = [Path(prepared).expanduser() / s["file"] for s in self.info["shards"] if s["split"] == split]
         if not files:
@@ -74,6 +76,7 @@ class ShardDataset(Dataset):
         self.image_ids = table.column("image_id").to_pylist()
         self.transform = transform
         self.split = split
+        self.encoded = encoded  # items hold the JPEG bytes (a uint8 tensor), decoded later: see DeviceDecoded
 
     def __len__(self) -> int:
         return len(self.lesion)
@@ -83,10 +86,46 @@ class ShardDataset(Dataset):
         return decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
 
     def __getitem__(self, index: int):
+        if self.encoded:
+            return torch.tensor(np.frombuffer(self.images[index].as_buffer(), np.uint8)), *self.labels(index)
         image = self.decode(index)
         if self.transform is not None:
             image = self.transform(image)
-        return image, int(self.lesion[index]), int(self.site[index])
+        return image, *self.labels(index)
+
+    def labels(self, index: int) -> tuple[int, int]:
+        return int(self.lesion[index]), int(self.site[index])
+
+
+def collate_encoded(batch: list) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """DataLoader ``collate_fn`` for ``ShardDataset(encoded=True)``: the JPEGs differ in length, so they stay a list."""
+    encoded, lesion, site = zip(*batch, strict=True)
+    return list(encoded), torch.tensor(lesion), torch.tensor(site)
+
+
+class DeviceDecoded:
+    """Wraps a DataLoader of encoded batches (``ShardDataset(encoded=True)`` with :func:`collate_encoded`) and yields
+    ``(images, lesion, site)`` on ``device``: each batch's JPEGs decoded there in one call (nvJPEG on a GPU,
+    ``torchvision.io.decode_jpeg(device=...)``), then ``transform`` applied per image, also there. The option
+    ``train.gpu_decode`` moves decoding and augmentation off the CPU cores, for a GPU they cannot keep busy.
+    Anything else (``len``, ``sampler``) is the wrapped loader's."""
+
+    def __init__(self, loader: DataLoader, transform, device: torch.device):
+        self.loader, self.transform, self.device = loader, transform, torch.device(device)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)
+
+    def __iter__(self):
+        for encoded, lesion, site in self.loader:
+            images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)
+            if self.transform is not None:
+                images = [self.transform(image) for image in images]
+            on = dict(device=self.device, non_blocking=True)
+            yield torch.stack(images), lesion.to(**on), site.to(**on)
 
 
 def make_loader(
