@@ -70,7 +70,13 @@ def _experiment(tmp: Path, name: str, seed: int, strategy: str, args) -> Experim
             "scheduler": "asha" if asha else "none",
             "seed": seed,
         },
-        train={"workers_per_trial": 1, "backbone": "test_efficientnet", "pretrained": False, "batch_size": 32},
+        train={
+            "workers_per_trial": 1,
+            "backbone": "test_efficientnet",
+            "pretrained": False,
+            "batch_size": 32,
+            "warmup_epochs": args.warmup,
+        },
     )
 
 
@@ -113,6 +119,7 @@ def main() -> None:
     parser.add_argument("--grace", type=int, default=2, help="ASHA grace period (epochs)")
     parser.add_argument("--rf", type=float, default=3.0, help="ASHA reduction factor")
     parser.add_argument("--startup-trials", type=int, default=4, help="TPE's random start-up trials")
+    parser.add_argument("--warmup", type=float, default=1.0, help="LR warm-up epochs (train.warmup_epochs)")
     parser.add_argument("--n", type=int, default=800, help="synthetic images")
     parser.add_argument("--image-size", type=int, default=48)
     args = parser.parse_args()
