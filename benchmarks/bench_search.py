@@ -36,8 +36,6 @@ from tuner.tune_run import run_tune
 
 SPACE = {
     "params": {
-        "backbone": {"type": "fixed", "value": "test_efficientnet"},
-        "pretrained": {"type": "fixed", "value": False},
         "lr_backbone": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True, "role": "nuisance"},
         "lr_head": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True, "role": "nuisance"},
         "w_site": {"type": "float", "low": 0.0, "high": 2.0, "role": "scientific"},
@@ -72,8 +70,8 @@ def _experiment(tmp: Path, name: str, seed: int, strategy: str, args) -> Experim
         },
         train={
             "workers_per_trial": 1,
-            "backbone": "test_efficientnet",
-            "pretrained": False,
+            "backbone": args.backbone,
+            "pretrained": args.pretrained,
             "batch_size": 32,
             "warmup_epochs": args.warmup,
         },
@@ -119,6 +117,8 @@ def main() -> None:
     parser.add_argument("--grace", type=int, default=2, help="ASHA grace period (epochs)")
     parser.add_argument("--rf", type=float, default=3.0, help="ASHA reduction factor")
     parser.add_argument("--startup-trials", type=int, default=4, help="TPE's random start-up trials")
+    parser.add_argument("--backbone", default="test_efficientnet")
+    parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--warmup", type=float, default=1.0, help="LR warm-up epochs (train.warmup_epochs)")
     parser.add_argument("--n", type=int, default=800, help="synthetic images")
     parser.add_argument("--image-size", type=int, default=48)
@@ -130,7 +130,7 @@ def main() -> None:
             runs = [_run(Path(tmp), seed, s, args) for seed in range(args.seeds) for s in ("tpe_asha", "random_full")]
         finally:
             ray.shutdown()
-    settings = {**vars(args), "backbone": "test_efficientnet", "space": SPACE["params"]}
+    settings = {**vars(args), "space": SPACE["params"]}
     write_result("search", {"settings": settings, "runs": runs, **summarise(runs)})
 
 
