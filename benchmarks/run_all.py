@@ -1,6 +1,6 @@
 """``make bench``: run the benchmarks, then print one summary table of their results and the machine.
 
-python -m benchmarks.run_all                      # everything (about 15 minutes on 2 cores)
+python -m benchmarks.run_all                      # everything (about 50 minutes on 2 cores)
 python -m benchmarks.run_all --only loader,scaling
 python -m benchmarks.run_all --quick              # a smoke run (figures too noisy to quote), results/quick/
 python -m benchmarks.run_all --table              # only print the table of the last results
@@ -23,7 +23,22 @@ BENCHMARKS = {
     "overhead": ("bench_overhead", ["--n", "200", "--epochs", "2"]),
     "scaling": ("bench_scaling", ["--sizes", "250,1000", "--ddp-size", "1000", "--epochs", "1"]),
     "memory": ("bench_memory", ["--sizes", "250,1000"]),
-    "search": ("bench_search", ["--seeds", "1", "--trials", "4", "--epochs", "2", "--n", "300"]),
+    "search": (
+        "bench_search",
+        [
+            "--seeds",
+            "1",
+            "--trials",
+            "4",
+            "--epochs",
+            "2",
+            "--n",
+            "300",
+            "--backbone",
+            "test_efficientnet",
+            "--no-pretrained",
+        ],
+    ),
     "gpu": ("bench_gpu", ["--n", "512", "--epochs", "2"]),  # says so and measures nothing without a GPU
 }
 # (benchmark, figure, key in its JSON, goal as written, test of the goal)
