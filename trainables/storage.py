@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import shutil
 import tempfile
@@ -76,6 +77,13 @@ def write_bytes(path: str, data: bytes) -> None:
 
 def write_text(path: str, text: str) -> None:
     write_bytes(path, text.encode())
+
+
+def write_parquet(path: str, frame) -> None:
+    """A pandas DataFrame as Parquet (without its index), written as :func:`write_bytes` writes."""
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    write_bytes(path, buffer.getvalue())
 
 
 def upload(local: str | Path, uri: str) -> None:

@@ -66,9 +66,7 @@ def write_results(table: pd.DataFrame, tune_dir: str) -> None:
     for col in safe.columns:
         if safe[col].map(type).nunique() > 1 and safe[col].notna().any():
             safe[col] = safe[col].map(lambda v: None if v is None or v != v else str(v))
-    parquet = io.BytesIO()
-    safe.to_parquet(parquet, index=False)
-    storage.write_bytes(storage.join(tune_dir, "results.parquet"), parquet.getvalue())
+    storage.write_parquet(storage.join(tune_dir, "results.parquet"), safe)
     storage.write_text(storage.join(tune_dir, "results.csv"), table.to_csv(index=False))
 
 

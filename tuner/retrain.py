@@ -16,7 +16,6 @@ A finished run (its metrics.json exists) is skipped, so an interrupted retrain c
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import time
@@ -91,9 +90,7 @@ def _fit_and_evaluate(config: dict, exp_dump: dict, run_dir: str, use_gpu: bool,
     checkpoint, val = max(result.best_checkpoints, key=lambda cm: sign * cm[1].get(exp.tune.metric, -math.inf))
     with checkpoint.as_directory() as local:  # a local copy when the run is on cloud storage
         test, predictions = evaluate_checkpoint(local, "test")
-    buffer = io.BytesIO()
-    predictions.to_parquet(buffer, index=False)
-    storage.write_bytes(join_storage(run_dir, "predictions.parquet"), buffer.getvalue())
+    storage.write_parquet(join_storage(run_dir, "predictions.parquet"), predictions)
     metrics = {
         "arm": arm,
         "seed": seed,

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from trainables import storage
 from trainables.data.adapters import read_dataset
 from trainables.data.images import BadImage, prepare_image
 from trainables.data.schema import MISSING_SITE, SHARD_COLUMNS, SPLITS, RawTable
@@ -231,9 +232,7 @@ def _remove_partial(shard_dir: Path) -> None:
 
 
 def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    storage.write_text(str(path), json.dumps(data, indent=2, default=str))
 
 
 def prepare(

@@ -7,7 +7,6 @@ test predictions, draw the figures and write ``report/{report.html, report.md, r
 from __future__ import annotations
 
 import datetime as _dt
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,9 +107,7 @@ def build_report(experiment_dir: str | Path, n_boot: int = N_BOOT, n_perm: int =
     for partial in out.glob(".*.tmp*"):  # left by a killed compare (every file here is written by temp + rename)
         partial.unlink(missing_ok=True)
     table = results_table(inp)
-    buffer = io.BytesIO()
-    table.to_parquet(buffer, index=False)
-    storage.write_bytes(str(out / "results.parquet"), buffer.getvalue())  # atomic: a killed compare leaves no half file
+    storage.write_parquet(str(out / "results.parquet"), table)  # atomic: a killed compare leaves no half file
     comparisons = compare(inp, table, n_boot, n_perm)
     notes = check_metrics_json(inp, table)
     parts = [

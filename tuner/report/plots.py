@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import io
 import warnings
 from pathlib import Path
 
@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from trainables import storage  # noqa: E402
 
 ARM_COLORS = {"mtl": "#2f6ea5", "single_task": "#d9822b"}
 ARM_LABELS = {"mtl": "MTL (lesion + site)", "single_task": "single-task"}
@@ -26,10 +28,10 @@ DPI = 110
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")  # then renamed: a killed compare leaves no half-written plot
-    fig.savefig(tmp, format=path.suffix.lstrip("."), dpi=DPI, bbox_inches="tight")  # "tight": legends outside
+    image = io.BytesIO()
+    fig.savefig(image, format=path.suffix.lstrip("."), dpi=DPI, bbox_inches="tight")  # "tight": legends outside
     plt.close(fig)
-    os.replace(tmp, path)
+    storage.write_bytes(str(path), image.getvalue())  # whole or not at all: a killed compare leaves no half plot
     return path
 
 
