@@ -81,13 +81,16 @@ class ShardDataset(Dataset):
     def __len__(self) -> int:
         return len(self.lesion)
 
+    def jpeg(self, index: int) -> torch.Tensor:
+        """The encoded image (uint8, a view of the Arrow buffer: no copy)."""
+        return torch.frombuffer(self.images[index].as_buffer(), dtype=torch.uint8)
+
     def decode(self, index: int) -> torch.Tensor:
-        data = self.images[index].as_buffer()
-        return decode_jpeg(torch.frombuffer(data, dtype=torch.uint8), mode=ImageReadMode.RGB)
+        return decode_jpeg(self.jpeg(index), mode=ImageReadMode.RGB)
 
     def __getitem__(self, index: int):
         if self.encoded:
-            return torch.tensor(np.frombuffer(self.images[index].as_buffer(), np.uint8)), *self.labels(index)
+            return self.jpeg(index), *self.labels(index)
         image = self.decode(index)
         if self.transform is not None:
             image = self.transform(image)
