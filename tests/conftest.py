@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -41,6 +42,30 @@ def free_port() -> int:
 def free_port_fixture():
     """A function returning a free loopback port."""
     return free_port
+
+
+def sigkill_when(cmd: list[str], ready, what: str, timeout: float, poll: float, **popen) -> subprocess.Popen:
+    """Start ``cmd`` (output discarded), SIGKILL it as soon as ``ready()`` holds, and reap it. Fails when it ends
+    before that or ``timeout`` seconds pass. ``popen``: more Popen arguments (e.g. start_new_session)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen)
+    try:
+        deadline = time.time() + timeout
+        while not ready():
+            assert proc.poll() is None and time.time() < deadline, f"{what} ended before it could be killed"
+            time.sleep(poll)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+    return proc
+
+
+@pytest.fixture(name="sigkill_when")
+def sigkill_when_fixture():
+    """A function: run a command and SIGKILL it once a condition holds (see :func:`sigkill_when`)."""
+    return sigkill_when
 
 
 class LocalHead:

@@ -6,12 +6,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +85,7 @@ def test_smoke_demo_end_to_end(demo):
     assert io.BytesIO((Path(out["export"]) / "model.safetensors").read_bytes()).getbuffer().nbytes > 0
 
 
-def test_rerun_after_interruptions_skips_finished_work_and_gives_the_same_report(demo):
+def test_rerun_after_interruptions_skips_finished_work_and_gives_the_same_report(demo, sigkill_when):
     out, tmp_path, _ = demo
     exp_dir = Path(out["experiment_dir"])
     common = ["--storage", str(exp_dir.parent), "--experiment", "smoke"]
@@ -113,18 +109,8 @@ def test_rerun_after_interruptions_skips_finished_work_and_gives_the_same_report
     redo = exp_dir / "retrain" / "mtl" / "seed_1"
     shutil.rmtree(redo)
     cmd = [sys.executable, "-m", "tuner.cli", "retrain", *common]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
-    try:
-        deadline = time.time() + 180
-        # after its first checkpoint: the run's workers are up (see README, known limitations)
-        while not list(redo.glob("run/checkpoint_*")):
-            assert proc.poll() is None and time.time() < deadline, "retrain ended before it could be killed"
-            time.sleep(0.05)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    # after its first checkpoint: the run's workers are up (see README, known limitations)
+    sigkill_when(cmd, lambda: list(redo.glob("run/checkpoint_*")), "retrain", timeout=180, poll=0.05)
     assert not (redo / "metrics.json").exists()
     assert main(["retrain", *common]) == 0
     assert (redo / "metrics.json").is_file()

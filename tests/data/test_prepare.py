@@ -154,7 +154,7 @@ def _session_processes(sid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
-def test_prepare_killed_by_sigkill_resumes_to_the_same_dataset(tmp_path):
+def test_prepare_killed_by_sigkill_resumes_to_the_same_dataset(tmp_path, sigkill_when):
     """A real SIGKILL of `skintune prepare` after its first shard: no worker outlives it, the rerun keeps the
     finished shards, leaves no partial file and ends with the dataset an uninterrupted run makes."""
     from trainables.data.synthetic import generate
@@ -169,14 +169,9 @@ def test_prepare_killed_by_sigkill_resumes_to_the_same_dataset(tmp_path):
     out = tmp_path / "prep"
     cmd = [sys.executable, "-m", "tuner.cli", "prepare", "--format", "isic2019", "--root", str(raw)]
     cmd += ["--out", str(out), "--image-size", str(size), "--shard-size", str(shard_size)]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_shard = lambda: list(out.glob("shards/*.parquet"))  # noqa: E731
+    proc = sigkill_when(cmd, first_shard, "prepare", timeout=120, poll=0.005, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while not list(out.glob("shards/*.parquet")):
-            assert proc.poll() is None and time.time() < deadline, "prepare ended before its first shard was seen"
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
         kept = {p: p.stat().st_mtime_ns for p in out.glob("shards/*.parquet")}
         assert not (out / "dataset.json").exists()  # killed mid-way: not complete, and it does not look complete
         assert 1 <= len(kept) < len(reference["shards"])

@@ -4,7 +4,6 @@ test_faults.py)."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import time
 import urllib.request
@@ -20,12 +19,6 @@ from tuner.tensorboard_server import command
 from tuner.tune_run import check_start, run_tune, tune_dir
 
 pytestmark = pytest.mark.ray
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get_json(url: str, timeout: float = 60.0):
@@ -44,7 +37,7 @@ def _trial_dirs(exp) -> list[Path]:
     return sorted(p for p in Path(tune_dir(exp)).glob("trial_driver_*") if p.is_dir())
 
 
-def test_search_with_early_stopping_table_and_tensorboard(ray_cluster, make_experiment, tmp_path):
+def test_search_with_early_stopping_table_and_tensorboard(ray_cluster, make_experiment, tmp_path, free_port):
     # val/loss (continuous) as the objective so that ASHA can tell trials apart after one epoch
     study = f"sqlite:///{tmp_path / 'study.db'}"  # kept for optuna-dashboard
     exp = make_experiment(
@@ -87,7 +80,7 @@ def test_search_with_early_stopping_table_and_tensorboard(ray_cluster, make_expe
     # every trial has event files, served by a real TensorBoard on a loopback port
     trials = _trial_dirs(exp)
     assert len(trials) == 5 and all(list(t.glob("events.out.tfevents.*")) for t in trials)
-    port = _free_port()
+    port = free_port()
     cmd = command(exp.storage, exp.name, port) + ["--reload_interval", "1"]
     server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
