@@ -29,6 +29,8 @@ from trainables.errors import UserError
 # torchvision 0.29 deprecates its JPEG codec in favour of TorchCodec, which needs FFmpeg's libraries; the codec
 # still works (libjpeg-turbo) and is the fastest option here, so only this one warning is silenced.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
+# ShardDataset.jpeg: decode_jpeg only reads the read-only Arrow buffer it is given
+warnings.filterwarnings("ignore", message="The given buffer is not writable")
 
 
 @dataclass(frozen=True)
@@ -82,8 +84,12 @@ class ShardDataset(Dataset):
         return len(self.lesion)
 
     def jpeg(self, index: int) -> torch.Tensor:
-        """The encoded image (uint8, a view of the Arrow buffer: no copy)."""
-        return torch.frombuffer(self.images[index].as_buffer(), dtype=torch.uint8)
+        """The encoded image (uint8, a read-only view of the Arrow buffer: no copy).
+
+        Through a memoryview: pyarrow < 26 refuses the writable request that ``torch.frombuffer`` makes first
+        ("could not retrieve buffer from object"); the memoryview lets torch fall back to a read-only view.
+        """
+        return torch.frombuffer(memoryview(self.images[index].as_buffer()), dtype=torch.uint8)
 
     def decode(self, index: int) -> torch.Tensor:
         return decode_jpeg(self.jpeg(index), mode=ImageReadMode.RGB)
