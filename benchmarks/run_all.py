@@ -40,6 +40,7 @@ BENCHMARKS = {
         ],
     ),
     "gpu": ("bench_gpu", ["--n", "512", "--epochs", "2"]),  # says so and measures nothing without a GPU
+    "gpu_decode": ("bench_gpu", ["--n", "512", "--epochs", "2", "--gpu-decode"]),  # likewise
 }
 # (benchmark, figure, key in its JSON, goal as written, test of the goal)
 FIGURES = [
@@ -56,6 +57,7 @@ FIGURES = [
     ("search", "trial-epochs TPE+ASHA / random", "epochs_ratio", "<= 0.40", lambda v: v <= 0.40),
     ("search", "best objective TPE+ASHA - random", "objective_gain", ">= 0", lambda v: v >= 0),
     ("gpu", "img/s skintune loop / plain timm AMP loop", "ratio", ">= 0.95", lambda v: v >= 0.95),
+    ("gpu_decode", "same, with train.gpu_decode (nvJPEG)", "ratio", ">= 0.95", lambda v: v >= 0.95),
 ]  # fmt: skip
 
 
@@ -96,7 +98,7 @@ def table(names: list[str], results: Path) -> str:
     lines.insert(1, "-+-".join("-" * w for w in widths))
     for machine, which in machines.items():
         lines.append(f"machine: {machine}; {', '.join(sorted(which))}")
-    lines += [f"no results for {name} in {results}" + (" (needs a CUDA device)" if name == "gpu" else "")
+    lines += [f"no results for {name} in {results}" + (" (needs a CUDA device)" if name.startswith("gpu") else "")
               for name in sorted(set(missing))]  # fmt: skip
     return "\n".join(lines)
 
