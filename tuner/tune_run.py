@@ -22,6 +22,7 @@ import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -154,13 +155,42 @@ def _sampler(exp: ExperimentConfig) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=seed)
     if exp.tune.sampler == "qmc":
         return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=exp.tune.tpe_startup_trials)
+    # multivariate: the learning rates interact (a joint density, not one per parameter); constant liar: a
+    # running trial counts as a poor one, so trials started together do not all land on the same point
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=exp.tune.tpe_startup_trials, multivariate=True, constant_liar=True
+    )
+
+
+class EarlyStopAwareOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that tells Optuna a trial the scheduler stopped early (before ``max_epochs``) was PRUNED.
+
+    Ray's OptunaSearch tells every trial as COMPLETE with its last value, so the sampler compares an epoch-1 value
+    of a stopped trial with the epoch-9 values of finished ones as if both were final: TPE's "good" set is then
+    whichever trials ran longest. As PRUNED (its per-epoch values were reported as intermediate values), Optuna's
+    TPE ranks finished trials by their value and stopped ones below them, by how far they got (what
+    ``optuna.pruners`` gives it natively). Diverged trials stay COMPLETE with their worst-ranking value.
+    """
+
+    def __init__(self, *args, max_epochs: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_epochs = max_epochs
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        stopped_early = (
+            not error
+            and result is not None
+            and result.get(TRAINING_ITERATION, self.max_epochs) < self.max_epochs
+            and not result.get("diverged")
+        )
+        super().on_trial_complete(trial_id, None if stopped_early else result, error)
 
 
 def _searcher(exp: ExperimentConfig) -> OptunaSearch:
     space = load_space(exp.search_space, known_keys=TRAIN_KEYS)
     storage = optuna.storages.RDBStorage(exp.tune.study_storage) if exp.tune.study_storage else None
-    return OptunaSearch(
+    return EarlyStopAwareOptunaSearch(
+        max_epochs=exp.tune.max_epochs,
         space=define_by_run(space),
         metric=exp.tune.metric,
         mode=exp.tune.mode,

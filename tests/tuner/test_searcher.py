@@ -1,0 +1,50 @@
+"""The searcher Tune drives: a trial that ASHA stopped early reaches Optuna as PRUNED (real Optuna, no cluster)."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.trial import TrialState
+
+from search_spaces import define_by_run, load_space
+from tuner.tune_run import EarlyStopAwareOptunaSearch
+
+
+def _search(max_epochs: int = 4) -> EarlyStopAwareOptunaSearch:
+    space = load_space("mtl")
+    sampler = optuna.samplers.TPESampler(seed=0, n_startup_trials=2, multivariate=True, constant_liar=True)
+    return EarlyStopAwareOptunaSearch(
+        max_epochs=max_epochs, space=define_by_run(space), metric="m", mode="max", sampler=sampler
+    )
+
+
+def _run(search, trial_id: str, values: list[float], **final) -> None:
+    """Report one value per epoch, then complete the trial with the last result (plus ``final``)."""
+    search.suggest(trial_id)
+    result = {}
+    for epoch, value in enumerate(values, start=1):
+        result = {"m": value, "training_iteration": epoch}
+        search.on_trial_result(trial_id, result)
+    search.on_trial_complete(trial_id, {**result, **final})
+
+
+def test_stopped_early_is_pruned_finished_and_diverged_are_complete(tmp_path) -> None:
+    search = _search(max_epochs=4)
+    _run(search, "stopped", [0.3])  # ASHA stopped it at the first rung
+    _run(search, "finished", [0.2, 0.4, 0.5, 0.6])
+    _run(search, "diverged", [0.1, 0.0], diverged=1.0)  # the train loop ended it: a real, worst-ranking value
+    search.suggest("failed")
+    search.on_trial_complete("failed", None, error=True)
+    trials = {t.number: t for t in search._ot_study.trials}
+    stopped, finished, diverged, failed = (trials[i] for i in range(4))
+    assert stopped.state == TrialState.PRUNED and stopped.intermediate_values == {1: 0.3}
+    assert finished.state == TrialState.COMPLETE and finished.value == 0.6
+    assert diverged.state == TrialState.COMPLETE and diverged.value == 0.0
+    assert failed.state == TrialState.FAIL
+    # the study's best is a finished trial, not a short one whose early value happens to be higher
+    _run(search, "lucky_start", [0.9])
+    assert search._ot_study.best_trial.number == 1
+    # Tune checkpoints the searcher and restores it on `--resume`: max_epochs survives
+    search.save_to_dir(str(tmp_path))
+    restored = _search(max_epochs=99)
+    restored.restore_from_dir(str(tmp_path))
+    assert restored.max_epochs == 4 and len(restored._ot_study.trials) == 5
