@@ -1,8 +1,13 @@
 """Search efficiency: TPE + ASHA vs random search without early stopping, same number of trials, several seeds.
 
-For each seed both strategies search the same space on the same synthetic data; the benchmark records the best
-validation objective each reached and the trial-epochs each spent. Goal (issue 4): the same or a better objective
-at no more than 40 % of the trial-epochs.
+For each seed both strategies search the same space on the same synthetic data; the benchmark records the
+trial-epochs each spent and two objectives: the best validation objective of any trial at any epoch (what the
+search itself ranks by), and the **held-out objective of the trial each strategy chose**: that trial's best
+checkpoint evaluated on a test split no search saw. Goal (issue 4): the same or a better objective at no more
+than 40 % of the trial-epochs; the held-out objective is the one the goal is judged on. The best validation
+value is a maximum over every evaluation a search made, so it favours the search that evaluates more (random
+search without stopping makes 2.5x as many): with about 250 validation images its noise alone is a few points
+of balanced accuracy. The held-out objective has no such selection bias: it measures the configuration found.
 
 A fair test needs room for both halves of the claim: ASHA can only save much when ``max_epochs`` is well above
 the grace period (rungs at 1 and 4 of 9 epochs: grace 1, reduction factor 4), and TPE only differs from random
@@ -10,8 +15,8 @@ search once past its random start-up trials (Optuna's default is 10; this benchm
 experiment's ``tune.tpe_startup_trials``). Early stopping is only as good as an early epoch predicts a late one,
 so the model is the product's own case, an ImageNet-pretrained backbone fine-tuned (``tf_efficientnet_lite0``,
 weights from a pip package, no hub), with a short LR warm-up (0.25 epochs) so that epoch 1 is not all warm-up. The
-space: both learning rates, the site-loss weight and the augmentation strength, on 800 synthetic images at 48 px
-(30 % of them for validation). About 11 minutes per seed on 2 cores.
+space: both learning rates, the site-loss weight and the augmentation strength, on 1,000 synthetic images at 48 px
+(25 % of them for validation, 25 % held out for the test). About 11 minutes per seed on 2 cores.
 
 Earlier settings, measured on 2 cores with seed 0 (best objective TPE+ASHA vs random, trial-epochs of 108):
 - timm's from-scratch ``test_efficientnet``, warm-up 1 epoch, grace 2 / factor 3: 0.466 vs 0.454 in 56 (52 %);
@@ -38,6 +43,7 @@ import ray
 import yaml
 
 from benchmarks.common import synthetic, timed, write_result
+from trainables.test_eval import evaluate_checkpoint
 from tuner.config import ExperimentConfig
 from tuner.tune_run import run_tune
 
@@ -60,8 +66,8 @@ def _experiment(tmp: Path, name: str, seed: int, strategy: str, args) -> Experim
             "format": "isic2019",
             "root": str(synthetic(args.n, 64)),
             "image_size": args.image_size,
-            "val_fraction": 0.3,  # a larger validation split than the default 0.15: a less noisy objective
-            "test_fraction": 0.0,
+            "val_fraction": 0.25,  # larger than the default 0.15: a less noisy objective
+            "test_fraction": 0.25,  # the held-out check of each search's chosen trial
             "prepared": str(tmp / "prepared"),
         },
         search_space=str(tmp / "space.yaml"),
@@ -88,11 +94,19 @@ def _experiment(tmp: Path, name: str, seed: int, strategy: str, args) -> Experim
 def _run(tmp: Path, seed: int, strategy: str, args) -> dict:
     exp = _experiment(tmp, f"{strategy}-{seed}", seed, strategy, args)
     seconds, (_, table) = timed(run_tune, exp)
+    chosen = table.iloc[0]  # the table is sorted by the objective: the trial this search would hand to retrain
+    test, _ = evaluate_checkpoint(chosen["checkpoint_path"], "test")
     run = {
         "seed": seed,
         "strategy": strategy,
-        "best_objective": float(table["best_objective"].max()),
+        "best_objective": float(chosen["best_objective"]),
+        "test_objective": float(test[exp.tune.metric.replace("val/", "test/", 1)]),
         "trial_epochs": int(table["epochs"].sum()),
+        "chosen": {
+            k: v.item() if hasattr(v, "item") else v  # numpy scalars -> JSON numbers
+            for k, v in chosen.items()
+            if k.startswith("param/") or k in ("epochs", "best_epoch")
+        },
         "seconds": round(seconds, 1),
     }
     print(run, flush=True)
@@ -105,6 +119,7 @@ def summarise(runs: list[dict]) -> dict:
         mine = [r for r in runs if r["strategy"] == strategy]
         summary[strategy] = {
             "best_objective_mean": round(statistics.mean(r["best_objective"] for r in mine), 4),
+            "test_objective_mean": round(statistics.mean(r["test_objective"] for r in mine), 4),
             "trial_epochs_mean": statistics.mean(r["trial_epochs"] for r in mine),
         }
     tpe, rnd = summary["tpe_asha"], summary["random_full"]
@@ -112,7 +127,8 @@ def summarise(runs: list[dict]) -> dict:
         "summary": summary,
         "epochs_ratio": round(tpe["trial_epochs_mean"] / rnd["trial_epochs_mean"], 3),
         "objective_gain": round(tpe["best_objective_mean"] - rnd["best_objective_mean"], 4),
-        "goal": "objective_gain >= 0 at epochs_ratio <= 0.40",
+        "test_objective_gain": round(tpe["test_objective_mean"] - rnd["test_objective_mean"], 4),
+        "goal": "test_objective_gain >= 0 at epochs_ratio <= 0.40",
     }
 
 
@@ -127,7 +143,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--warmup", type=float, default=0.25, help="LR warm-up epochs (train.warmup_epochs)")
-    parser.add_argument("--n", type=int, default=800, help="synthetic images")
+    parser.add_argument("--n", type=int, default=1000, help="synthetic images")
     parser.add_argument("--image-size", type=int, default=48)
     args = parser.parse_args()
     runs = []

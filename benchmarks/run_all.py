@@ -55,7 +55,9 @@ FIGURES = [
     ("memory", "prepare peak RSS, largest / smallest set", "prepare_peak_ratio", "<= 1.10 (flat)",
      lambda v: v <= 1.1),
     ("search", "trial-epochs TPE+ASHA / random", "epochs_ratio", "<= 0.40", lambda v: v <= 0.40),
-    ("search", "best objective TPE+ASHA - random", "objective_gain", ">= 0", lambda v: v >= 0),
+    ("search", "held-out objective of the chosen trial, TPE+ASHA - random", "test_objective_gain", ">= 0",
+     lambda v: v >= 0),
+    ("search", "best validation objective, TPE+ASHA - random", "objective_gain", "(see README)", None),
     ("gpu", "img/s skintune loop / plain timm AMP loop", "ratio", ">= 0.95", lambda v: v >= 0.95),
     ("gpu_decode", "same, with train.gpu_decode (nvJPEG)", "ratio", ">= 0.95", lambda v: v >= 0.95),
 ]  # fmt: skip
@@ -87,7 +89,7 @@ def table(names: list[str], results: Path) -> str:
             continue
         data = json.loads(path.read_text())
         value = data.get(key)
-        met = "-" if value is None else ("yes" if test(value) else "NO")
+        met = "-" if value is None or test is None else ("yes" if test(value) else "NO")
         rows.append((name, label, "-" if value is None else str(value), goal, met))
         m = data["machine"]
         machine = f"{m['cpus']} CPUs, GPU: {m['gpu'] or 'none'}, torch {m['torch']}, {m['platform']}"
