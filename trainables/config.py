@@ -59,8 +59,8 @@ class TrainConfig(BaseModel):
     compile: bool = False
     gpu_decode: bool = Field(
         False,
-        description="decode JPEGs and augment on the GPU (nvJPEG), not in loader workers; augments one image at a "
-        "time, so it is slower (0.32x on an H200 with 10 loader workers) unless few CPU cores feed the GPU",
+        description="decode JPEGs and augment on the GPU (nvJPEG), not in loader workers; measured slower than the "
+        "default (0.51x on an H200 with 10 loader workers): for few CPU cores per GPU",
     )
     # records
     tensorboard_dir: str | None = Field(None, description="where rank 0 writes TensorBoard events")

@@ -76,7 +76,7 @@ def test_colour_jitter_draws_as_torchvision():
     image = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
     fast = TrainAugment(SIZE, 0.6, True, 180.0, 0.8)
     torch.manual_seed(3)
-    mine = fast.jitter(image)
+    mine = fast.jitter(image, fast.jitter_params())
     torch.manual_seed(3)
     theirs = v2.ColorJitter(brightness=0.24, contrast=0.24, saturation=0.24)(image)
     assert torch.allclose(mine, theirs, atol=1e-6)
@@ -103,3 +103,28 @@ def test_same_seed_gives_nearly_the_torchvision_pipeline_s_image(strength):
     differences = torch.stack(differences)
     # on a 0-1 scale; a few images differ more where nearest-neighbour ties fall the other way at the black border
     assert differences.median() < 0.01 and differences.quantile(0.95) < 0.03, differences
+
+
+@pytest.mark.parametrize("strength", [0.5, 1.0])
+def test_batch_equals_the_per_image_transform(strength):
+    """TrainAugment.batch (train.gpu_decode: each step once per batch) makes exactly the images that calling the
+    transform image by image makes, from the same random draws; images of different sizes, every RandAugment
+    operation and every jitter position covered."""
+    from trainables.data.augment import RAND_AUGMENT_SPACE
+
+    g = torch.Generator().manual_seed(1)
+    sizes = torch.randint(36, 64, (96, 2), generator=g).tolist()
+    images = [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for h, w in sizes]
+    aug = TrainAugment(32, 0.35, True, 20.0, strength, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    torch.manual_seed(0)
+    expected = torch.stack([aug(image) for image in images])
+    torch.manual_seed(0)
+    got = aug.batch(images)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.manual_seed(0)  # replay the draws: the comparison covered what it claims to
+    ops, first = set(), set()
+    for image in images:
+        aug.crop(image), aug.flips_and_rotation()
+        first.add(aug.jitter_params()[0][0])
+        ops |= {op for op, _ in aug.sample_rand_augment()}
+    assert ops == set(RAND_AUGMENT_SPACE) and first == {0, 1, 2}

@@ -10,13 +10,16 @@ What differs is only how: consecutive geometric steps (the flips and the rotatio
 rotations that follow one another) are composed into one affine map and applied by one nearest-neighbour
 ``grid_sample`` (torchvision resamples once per step, each also nearest-neighbour, through a slower grid); the
 colour steps run on float images in [0, 1] (torchvision's own functions, without rounding to 8 bits after each;
-sharpness with the same arithmetic but a faster blur). Every random number comes from torch's global generator, so
+ColorJitter's three and sharpness with the same arithmetic, written so that each image of a batch has its own
+factor, sharpness with a faster blur). :meth:`TrainAugment.batch` runs the same steps once per batch (for images on
+a GPU, ``train.gpu_decode``). Every random number comes from torch's global generator, so
 ``torch.manual_seed`` (and a DataLoader's per-worker seeding) makes it reproducible.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -66,8 +69,39 @@ COLOUR_OPS = {
     "AutoContrast": lambda img, m: TF.autocontrast_image(img),
     "Equalize": lambda img, m: TF.equalize_image(img),
 }
-# v2.ColorJitter's operations, by its index (no hue: lesion colour is diagnostic, and hue is the slowest)
-JITTER_OPS = {0: TF.adjust_brightness_image, 1: TF.adjust_contrast_image, 2: TF.adjust_saturation_image}
+
+
+def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small CPU tensor on ``device`` without a stream synchronisation: a blocking host-to-device copy makes the
+    CPU wait for every kernel queued before it, so a GPU pipeline of many small steps would run in lock-step."""
+    return tensor.to(device, non_blocking=True)
+
+
+def _apply(x: torch.Tensor, idx: list[int], fn) -> torch.Tensor:
+    """``fn`` applied to the images ``idx`` of the batch ``x`` (in place; all of it when ``idx`` is everything)."""
+    if len(idx) == len(x):
+        return fn(x)
+    index = _to(torch.tensor(idx), x.device)
+    return x.index_copy_(0, index, fn(x.index_select(0, index)))
+
+
+def _blend(image: torch.Tensor, other: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+    """torchvision's blend of float images, ``image * ratio + other * (1 - ratio)`` clamped to [0, 1], with one
+    ratio per image (a (n, 1, 1, 1) tensor)."""
+    return image.mul(ratio).add_(other.mul(1.0 - ratio)).clamp_(0.0, 1.0)
+
+
+def _grey(image: torch.Tensor) -> torch.Tensor:
+    return TF.rgb_to_grayscale_image(image, num_output_channels=1)
+
+
+# v2.ColorJitter's operations by its index (no hue: lesion colour is diagnostic, and hue is the slowest), as
+# TF.adjust_brightness/contrast/saturation_image compute them, on (n, C, H, W) float images with a factor per image
+JITTER_OPS = {
+    0: lambda x, f: x.mul(f).clamp_(0.0, 1.0),
+    1: lambda x, f: _blend(x, _grey(x).mean(dim=(-3, -2, -1), keepdim=True), f),
+    2: lambda x, f: _blend(x, _grey(x), f),
+}
 
 
 def inverse_affine(
@@ -141,16 +175,16 @@ class TrainAugment:
             ops.append((op, magnitude))
         return ops
 
-    def jitter(self, image: torch.Tensor) -> torch.Tensor:
-        """v2.ColorJitter(brightness, contrast, saturation): three factors, applied in a random order."""
+    def jitter_params(self) -> tuple[list[int], list[float]] | None:
+        """v2.ColorJitter(brightness, contrast, saturation)'s draws: the order of the operations and three factors."""
         if self.strength <= 0:
-            return image
+            return None
         order = torch.randperm(4)  # as v2.ColorJitter: index 3 (hue) is drawn but not used
         factors = [float(torch.empty(1).uniform_(*self.jitter_range).item()) for _ in range(3)]
-        for k in order.tolist():
-            if k in JITTER_OPS:
-                image = JITTER_OPS[k](image, factors[k])
-        return image
+        return [k for k in order.tolist() if k in JITTER_OPS], factors
+
+    def jitter(self, image: torch.Tensor, params: tuple[list[int], list[float]] | None) -> torch.Tensor:
+        return image if params is None else self.jitter_batch(image[None], [params])[0]
 
     def flips_and_rotation(self) -> list[torch.Tensor]:
         """Inverse maps of the random flips and rotation, drawn as v2's RandomHorizontal/VerticalFlip and
@@ -167,33 +201,92 @@ class TrainAugment:
     def warp(self, image: torch.Tensor, maps: list[torch.Tensor]) -> torch.Tensor:
         """Apply the geometric transforms whose inverse maps are ``maps`` (in order) as one nearest-neighbour
         resampling of ``image`` (float), black outside."""
-        if not maps:
+        return self.warp_batch(image[None], [maps])[0]
+
+    def warp_batch(self, images: torch.Tensor, maps: list[list[torch.Tensor]]) -> torch.Tensor:
+        """:meth:`warp` of each image (B, C, H, W) by its own maps, in one ``grid_sample`` (images without maps are
+        left as they are; ``images`` may be changed in place)."""
+        warped = [b for b, image_maps in enumerate(maps) if image_maps]
+        if not warped:
+            return images
+        rows = []
+        for b in warped:
+            inverse = maps[b][0]
+            for m in maps[b][1:]:
+                inverse = inverse @ m  # output -> input: the last transform's inverse first
+            rows.append(inverse[:2] / (self.size / 2))  # to grid_sample's coordinates: -1..1 across the image
+        m = _to(torch.stack(rows).to(torch.float32).view(-1, 2, 3, 1, 1), images.device)
+        xs, ys = self.xs.to(images.device), self.ys.to(images.device)  # (no copy on the CPU)
+        # the input x, y of every output pixel; one broadcast add per coordinate (~3x faster than one into the
+        # last dimension)
+        grid = torch.empty(len(warped), self.size, self.size, 2, device=images.device)
+        for k in (0, 1):
+            torch.add(xs * m[:, k, 0], ys * m[:, k, 1] + m[:, k, 2], out=grid[..., k])
+        sample = partial(F.grid_sample, grid=grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        return _apply(images, warped, sample)
+
+    def rand_augment_plan(self) -> tuple[list[tuple[list[torch.Tensor], tuple[str, float]]], list[torch.Tensor]]:
+        """RandAugment's draws as ``(segments, final)``: each segment the geometric maps pending before a colour
+        operation and that operation (``Identity`` included: it ends a segment too), then the maps left over."""
+        segments, pending = [], []
+        for op, magnitude in self.sample_rand_augment():
+            if op in COLOUR_OPS:
+                segments.append((pending, (op, magnitude)))
+                pending = []
+            else:
+                pending.append(rand_augment_geometry(op, magnitude, self.size))
+        return segments, pending
+
+    def normalise(self, image: torch.Tensor) -> torch.Tensor:
+        if self.mean is None:
             return image
-        inverse = maps[0]
-        for m in maps[1:]:
-            inverse = inverse @ m  # output -> input: the last transform's inverse first
-        m = (inverse[:2] / (self.size / 2)).tolist()  # to grid_sample's coordinates: -1..1 across the image
-        grid = torch.empty(1, self.size, self.size, 2, device=image.device)  # the input x, y of every output pixel
-        xs, ys = self.xs.to(image.device), self.ys.to(image.device)  # (no copy on the CPU)
-        for k in (0, 1):  # (one broadcast add per coordinate: ~3x faster than one into the last dimension)
-            torch.add(xs * m[k][0], ys * m[k][1] + m[k][2], out=grid[0, ..., k])
-        return F.grid_sample(image[None], grid, mode="nearest", padding_mode="zeros", align_corners=False)[0]
+        return image.sub_(_to(self.mean, image.device)).div_(_to(self.std, image.device))
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         image = self.crop(image).float().div_(255.0)
         image = self.warp(image, self.flips_and_rotation())
-        image = self.jitter(image)
-        pending: list[torch.Tensor] = []  # RandAugment's geometric steps since its last colour step
-        for op, magnitude in self.sample_rand_augment():
-            if op in COLOUR_OPS:
-                image = COLOUR_OPS[op](self.warp(image, pending), magnitude)
-                pending = []
-            else:
-                pending.append(rand_augment_geometry(op, magnitude, self.size))
-        image = self.warp(image, pending)
-        if self.mean is None:
-            return image
-        return image.sub_(self.mean.to(image.device)).div_(self.std.to(image.device))  # (on the GPU: train.gpu_decode)
+        image = self.jitter(image, self.jitter_params())
+        segments, final = self.rand_augment_plan()
+        for maps, (op, magnitude) in segments:
+            image = COLOUR_OPS[op](self.warp(image, maps), magnitude)
+        return self.normalise(self.warp(image, final))
+
+    def batch(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """``torch.stack([self(image) for image in images])`` with the same random draws in the same order, but
+        each step after the crop run once for the whole batch: one ``grid_sample`` per geometric step, one call per
+        (colour operation, magnitude) on the images it applies to. For images on a GPU (``train.gpu_decode``),
+        where a per-image pipeline is dozens of small kernel launches per image."""
+        crops, flips, jitters, plans = [], [], [], []
+        for image in images:  # the draws, image by image, in the order __call__ makes them
+            crops.append(self.crop(image))
+            flips.append(self.flips_and_rotation())
+            jitters.append(self.jitter_params())
+            plans.append(self.rand_augment_plan())
+        x = self.warp_batch(torch.stack(crops).float().div_(255.0), flips)
+        if self.strength > 0:
+            x = self.jitter_batch(x, jitters)
+        for slot in range(max((len(segments) for segments, _ in plans), default=0)):
+            here = [segments[slot] if slot < len(segments) else None for segments, _ in plans]
+            x = self.warp_batch(x, [s[0] if s else [] for s in here])
+            groups: dict[tuple[str, float], list[int]] = {}
+            for b, s in enumerate(here):
+                if s is not None and s[1][0] != "Identity":
+                    groups.setdefault(s[1], []).append(b)
+            for (op, magnitude), idx in groups.items():
+                x = _apply(x, idx, partial(COLOUR_OPS[op], m=magnitude))
+        return self.normalise(self.warp_batch(x, [final for _, final in plans]))
+
+    @staticmethod
+    def jitter_batch(x: torch.Tensor, params: list[tuple[list[int], list[float]]]) -> torch.Tensor:
+        """ColorJitter of each image (B, C, H, W) with its own order and factors: per position in the order, per
+        operation, one call on the images that apply it there, with their factors as a (n, 1, 1, 1) tensor."""
+        for position in range(3):
+            for k, op in JITTER_OPS.items():
+                idx = [b for b, (order, _) in enumerate(params) if order[position] == k]
+                if idx:
+                    factor = _to(torch.tensor([params[b][1][k] for b in idx]).view(-1, 1, 1, 1), x.device)
+                    x = _apply(x, idx, partial(op, f=factor))
+        return x
 
 
 def reference_pipeline(size: int, crop_scale_min: float, flips: bool, rotation: float, strength: float) -> v2.Compose:

@@ -115,8 +115,9 @@ def collate_encoded(batch: list) -> tuple[list[torch.Tensor], torch.Tensor, torc
 class DeviceDecoded:
     """Wraps a DataLoader of encoded batches (``ShardDataset(encoded=True)`` with :func:`collate_encoded`) and yields
     ``(images, lesion, site)`` on ``device``: each batch's JPEGs decoded there in one call (nvJPEG on a GPU,
-    ``torchvision.io.decode_jpeg(device=...)``), then ``transform`` applied per image, also there. The option
-    ``train.gpu_decode`` moves decoding and augmentation off the CPU cores, for a GPU they cannot keep busy.
+    ``torchvision.io.decode_jpeg(device=...)``), then transformed there a batch at a time
+    (:meth:`transform_batch`). The option ``train.gpu_decode`` moves decoding and augmentation off the CPU cores,
+    for a GPU they cannot keep busy.
     Anything else (``len``, ``sampler``) is the wrapped loader's."""
 
     def __init__(self, loader: DataLoader, transform, device: torch.device):
@@ -131,10 +132,19 @@ class DeviceDecoded:
     def __iter__(self):
         for encoded, lesion, site in self.loader:
             images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)
-            if self.transform is not None:
-                images = [self.transform(image) for image in images]
             on = dict(device=self.device, non_blocking=True)
-            yield torch.stack(images), lesion.to(**on), site.to(**on)
+            yield self.transform_batch(images), lesion.to(**on), site.to(**on)
+
+    def transform_batch(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """One call per step for the whole batch: :meth:`TrainAugment.batch` for training; the evaluation
+        transforms (torchvision v2, which take a batch) on the stacked images when they share a size."""
+        if self.transform is None:
+            return torch.stack(images)
+        if hasattr(self.transform, "batch"):
+            return self.transform.batch(images)
+        if len({image.shape for image in images}) == 1:
+            return self.transform(torch.stack(images))
+        return torch.stack([self.transform(image) for image in images])
 
 
 def make_loader(
