@@ -30,6 +30,8 @@ Earlier settings, measured on 2 cores with seed 0 (best objective TPE+ASHA vs ra
 - The same with stopped trials told to Optuna as PRUNED, multivariate TPE, 1,000 images and the held-out test
   objective (3 seeds): 36 of 108 trial-epochs (33 %), held-out 0.549 vs 0.572 (per seed +0.009, -0.034, -0.045):
   not met.
+  With 14 TPE+ASHA trials (``--tpe-trials 14``) against random's 12: 40.7 trial-epochs (38 %), held-out 0.554
+  (0.508 / 0.612 / 0.542; seeds 1 and 2 chose the same trial as with 12): still -0.018.
 
     python -m benchmarks.bench_search [--seeds 3] [--trials 12] [--epochs 9] [--grace 1] [--rf 4] \
         [--backbone tf_efficientnet_lite0] [--pretrained] [--warmup 0.25]
