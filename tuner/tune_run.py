@@ -168,8 +168,8 @@ class EarlyStopAwareOptunaSearch(OptunaSearch):
     Ray's OptunaSearch tells every trial as COMPLETE with its last value, so the sampler compares an epoch-1 value
     of a stopped trial with the epoch-9 values of finished ones as if both were final: TPE's "good" set is then
     whichever trials ran longest. As PRUNED (its per-epoch values were reported as intermediate values), Optuna's
-    TPE ranks finished trials by their value and stopped ones below them, by how far they got (what
-    ``optuna.pruners`` gives it natively). Diverged trials stay COMPLETE with their worst-ranking value.
+    TPE ranks finished trials by their value and stopped ones below them, by how far they got and their last
+    value (what ``optuna.pruners`` gives it natively). Diverged trials stay COMPLETE with their worst-ranking value.
     """
 
     def __init__(self, *args, max_epochs: int, **kwargs):
@@ -183,6 +183,10 @@ class EarlyStopAwareOptunaSearch(OptunaSearch):
             and result.get(TRAINING_ITERATION, self.max_epochs) < self.max_epochs
             and not result.get("diverged")
         )
+        if stopped_early and self.metric in result:
+            # Tune hands the result that made the scheduler stop a trial to on_trial_complete only: report it as
+            # the trial's last intermediate value, which is what Optuna ranks a pruned trial by
+            self.on_trial_result(trial_id, result)
         super().on_trial_complete(trial_id, None if stopped_early else result, error)
 
 

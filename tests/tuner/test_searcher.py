@@ -18,13 +18,13 @@ def _search(max_epochs: int = 4) -> EarlyStopAwareOptunaSearch:
 
 
 def _run(search, trial_id: str, values: list[float], **final) -> None:
-    """Report one value per epoch, then complete the trial with the last result (plus ``final``)."""
+    """One value per epoch, as Tune hands them over: every result but the last to on_trial_result, the last (the
+    one after which the trial ended, or the scheduler stopped it) to on_trial_complete only."""
     search.suggest(trial_id)
-    result = {}
-    for epoch, value in enumerate(values, start=1):
-        result = {"m": value, "training_iteration": epoch}
+    results = [{"m": value, "training_iteration": epoch} for epoch, value in enumerate(values, start=1)]
+    for result in results[:-1]:
         search.on_trial_result(trial_id, result)
-    search.on_trial_complete(trial_id, {**result, **final})
+    search.on_trial_complete(trial_id, {**results[-1], **final})
 
 
 def test_stopped_early_is_pruned_finished_and_diverged_are_complete(tmp_path) -> None:
@@ -38,6 +38,7 @@ def test_stopped_early_is_pruned_finished_and_diverged_are_complete(tmp_path) ->
     stopped, finished, diverged, failed = (trials[i] for i in range(4))
     assert stopped.state == TrialState.PRUNED and stopped.intermediate_values == {1: 0.3}
     assert finished.state == TrialState.COMPLETE and finished.value == 0.6
+    assert finished.intermediate_values == {1: 0.2, 2: 0.4, 3: 0.5}
     assert diverged.state == TrialState.COMPLETE and diverged.value == 0.0
     assert failed.state == TrialState.FAIL
     # the study's best is a finished trial, not a short one whose early value happens to be higher

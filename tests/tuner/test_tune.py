@@ -70,8 +70,13 @@ def test_search_with_early_stopping_table_and_tensorboard(ray_cluster, make_expe
     resolved = yaml.safe_load(Path(exp.experiment_dir, "experiment.yaml").read_text())
     assert resolved["tune"]["num_samples"] == 5 and resolved["name"] == "search"
 
+    # Optuna saw the stopped trials as PRUNED (with their epochs as intermediate values), the others as COMPLETE
     trials = optuna.load_study(study_name="search", storage=study).trials
-    assert len(trials) == 5 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    pruned = [t for t in trials if t.state == optuna.trial.TrialState.PRUNED]
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == 5 and len(pruned) == len(stopped) and len(complete) == 5 - len(stopped)
+    assert all(t.intermediate_values and max(t.intermediate_values) < 3 for t in pruned)
+    assert sorted(t.value for t in complete) == sorted(saved.loc[saved["status"] != "stopped_early", "last_objective"])
 
     # an existing experiment is never overwritten
     with pytest.raises(UserError, match="--resume"):
