@@ -77,7 +77,7 @@ def _experiment(tmp: Path, name: str, seed: int, strategy: str, args) -> Experim
         },
         search_space=str(tmp / "space.yaml"),
         tune={
-            "num_samples": args.tpe_trials or args.trials if asha else args.trials,
+            "num_samples": (args.tpe_trials or args.trials) if asha else args.trials,
             "max_epochs": args.epochs,
             "grace_period": args.grace,
             "reduction_factor": args.rf,

@@ -23,7 +23,7 @@ FLIP_X = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
 
 
 def _warped(image: torch.Tensor, maps: list[torch.Tensor]) -> torch.Tensor:
-    out = TrainAugment(SIZE, 0.6, True, 180.0, 0.5).warp(image.float(), maps)
+    out = TrainAugment(SIZE, 0.6, True, 180.0, 0.5).warp_batch(image.float()[None], [maps])[0]
     return out.round().to(torch.uint8)
 
 
@@ -76,7 +76,7 @@ def test_colour_jitter_draws_as_torchvision():
     image = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
     fast = TrainAugment(SIZE, 0.6, True, 180.0, 0.8)
     torch.manual_seed(3)
-    mine = fast.jitter(image, fast.jitter_params())
+    mine = fast.jitter_batch(image[None], [fast.jitter_params()])[0]
     torch.manual_seed(3)
     theirs = v2.ColorJitter(brightness=0.24, contrast=0.24, saturation=0.24)(image)
     assert torch.allclose(mine, theirs, atol=1e-6)

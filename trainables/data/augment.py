@@ -183,9 +183,6 @@ class TrainAugment:
         factors = [float(torch.empty(1).uniform_(*self.jitter_range).item()) for _ in range(3)]
         return [k for k in order.tolist() if k in JITTER_OPS], factors
 
-    def jitter(self, image: torch.Tensor, params: tuple[list[int], list[float]] | None) -> torch.Tensor:
-        return image if params is None else self.jitter_batch(image[None], [params])[0]
-
     def flips_and_rotation(self) -> list[torch.Tensor]:
         """Inverse maps of the random flips and rotation, drawn as v2's RandomHorizontal/VerticalFlip and
         RandomRotation draw them."""
@@ -198,14 +195,10 @@ class TrainAugment:
             maps.append(inverse_affine(angle=-angle))  # F.rotate(angle) uses the affine matrix of -angle
         return maps
 
-    def warp(self, image: torch.Tensor, maps: list[torch.Tensor]) -> torch.Tensor:
-        """Apply the geometric transforms whose inverse maps are ``maps`` (in order) as one nearest-neighbour
-        resampling of ``image`` (float), black outside."""
-        return self.warp_batch(image[None], [maps])[0]
-
     def warp_batch(self, images: torch.Tensor, maps: list[list[torch.Tensor]]) -> torch.Tensor:
-        """:meth:`warp` of each image (B, C, H, W) by its own maps, in one ``grid_sample`` (images without maps are
-        left as they are; ``images`` may be changed in place)."""
+        """Each float image (B, C, H, W) warped by the geometric transforms whose inverse maps are its ``maps`` (in
+        order), as one nearest-neighbour resampling, black outside; all in one ``grid_sample`` (images without maps
+        are left as they are; ``images`` may be changed in place)."""
         warped = [b for b, image_maps in enumerate(maps) if image_maps]
         if not warped:
             return images
@@ -243,19 +236,13 @@ class TrainAugment:
         return image.sub_(_to(self.mean, image.device)).div_(_to(self.std, image.device))
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        image = self.crop(image).float().div_(255.0)
-        image = self.warp(image, self.flips_and_rotation())
-        image = self.jitter(image, self.jitter_params())
-        segments, final = self.rand_augment_plan()
-        for maps, (op, magnitude) in segments:
-            image = COLOUR_OPS[op](self.warp(image, maps), magnitude)
-        return self.normalise(self.warp(image, final))
+        return self.batch([image])[0]
 
     def batch(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """``torch.stack([self(image) for image in images])`` with the same random draws in the same order, but
-        each step after the crop run once for the whole batch: one ``grid_sample`` per geometric step, one call per
-        (colour operation, magnitude) on the images it applies to. For images on a GPU (``train.gpu_decode``),
-        where a per-image pipeline is dozens of small kernel launches per image."""
+        """``torch.stack([self(image) for image in images])``: the same random draws in the same order (image by
+        image), but each step after the crop run once for the whole batch: one ``grid_sample`` per geometric step,
+        one call per (colour operation, magnitude) on the images it applies to. For images on a GPU
+        (``train.gpu_decode``), where a per-image pipeline is dozens of small kernel launches per image."""
         crops, flips, jitters, plans = [], [], [], []
         for image in images:  # the draws, image by image, in the order __call__ makes them
             crops.append(self.crop(image))
