@@ -130,6 +130,65 @@ def skintune_loop(
     return [n_train / m["epoch_s"] for m in history]
 
 
+def decode_breakdown(prepared: str, backbone: str, batch_size: int, workers: int, batches: int = 24) -> dict:
+    """Where ``gpu_decode``'s time goes in the training process, median ms per batch: waiting for the loader,
+    nvJPEG decoding and the batch augmentation (``launch``: until the call returns; ``done``: to a CUDA
+    synchronisation), and one bf16 training step of the model on the batch, for scale."""
+    import timm
+    from torch.utils.data import DataLoader
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    from trainables.data.loader import Augment, ShardDataset, build_transforms, collate_encoded, split_encoded
+    from trainables.data.prepare import load_info
+
+    size = load_info(prepared)["prepare_options"]["image_size"]
+    cfg = timm.data.resolve_data_config({}, model=timm.create_model(backbone, pretrained=False))
+    augment = build_transforms(size, cfg["mean"], cfg["std"], True, Augment())
+    data = ShardDataset(prepared, "train", encoded=True)
+    loader = DataLoader(
+        data,
+        batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=True,
+        collate_fn=collate_encoded,
+        persistent_workers=True,
+    )
+    model = timm.create_model(backbone, pretrained=False).cuda().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    times: dict[str, list[float]] = {}
+
+    def clock(name: str, start: float, sync: bool = False) -> float:
+        if sync:
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        times.setdefault(name, []).append((now - start) * 1e3)
+        return now
+
+    seen = 0
+    while seen < batches:
+        it = iter(loader)
+        t = time.perf_counter()
+        for data_, lengths, lesion, _site in it:
+            t = clock("loader_wait", t)
+            images = decode_jpeg(split_encoded(data_, lengths), mode=ImageReadMode.RGB, device="cuda")
+            t = clock("decode_done", clock("decode_launch", t), sync=True)
+            x = augment.batch(images).contiguous(memory_format=torch.channels_last)
+            t = clock("augment_done", clock("augment_launch", t), sync=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(model(x).float(), lesion.cuda(non_blocking=True))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            t = clock("train_step_done", t, sync=True)
+            seen += 1
+            if seen >= batches:
+                break
+    skip = 4  # warm-up: cuDNN autotuning, nvJPEG handles, loader start
+    return {name: round(statistics.median(v[skip:]), 2) for name, v in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=8192)
@@ -141,6 +200,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--gpu-decode", action="store_true", help="skintune's loop decodes JPEGs on the GPU (nvJPEG)")
+    parser.add_argument("--breakdown", action="store_true", help="with --gpu-decode: time its stages per batch first")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA device on this machine; nothing measured (run it on a GPU node)")
@@ -151,6 +211,10 @@ def main() -> None:
     prepared = raw.parent / f"{raw.name}-prepared"
     prepare(PrepareOptions(format="isic2019", root=str(raw), image_size=args.image_size), prepared, progress=False)
     common = (str(prepared), args.backbone, args.batch_size, args.epochs, args.workers, args.compile)
+    breakdown = None
+    if args.gpu_decode and args.breakdown:
+        breakdown = decode_breakdown(str(prepared), args.backbone, args.batch_size, args.workers)
+        print("gpu_decode ms per batch:", breakdown, flush=True)
     with Utilisation() as plain_util:
         plain = plain_amp(*common)
     with Utilisation() as ours_util:
@@ -164,6 +228,7 @@ def main() -> None:
         "goal_ratio": 0.95,
         "gpu_util_plain_pct": plain_util.mean,
         "gpu_util_skintune_pct": ours_util.mean,
+        **({"breakdown_ms_per_batch": breakdown} if breakdown else {}),
     }
     write_result("gpu_decode" if args.gpu_decode else "gpu", result)
     print(result)

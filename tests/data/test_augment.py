@@ -128,3 +128,27 @@ def test_batch_equals_the_per_image_transform(strength):
         first.add(aug.jitter_params()[0][0])
         ops |= {op for op, _ in aug.sample_rand_augment()}
     assert ops == set(RAND_AUGMENT_SPACE) and first == {0, 1, 2}
+
+
+def test_batched_crop_is_torchvision_s_resize_but_at_the_edges():
+    """The GPU path's crop (one roi_align per image size, train.gpu_decode) samples where torchvision's resize does:
+    when the crop is enlarged (a prepared image's shorter side is the training size), equal to 1 level of 255 inside
+    and within a few at the edges; when a wider image's crop shrinks, close on average. Image order survives the
+    grouping by size."""
+    g = torch.Generator().manual_seed(3)
+
+    def smooth(h: int, w: int) -> torch.Tensor:  # a lesion-like smooth image, not noise
+        low = torch.rand(1, 3, h // 6, w // 6, generator=g) * 255
+        return torch.nn.functional.interpolate(low, size=(h, w), mode="bicubic").clamp(0, 255).round()[0].byte()
+
+    aug = TrainAugment(32, 0.35, True, 20.0, 0.5)
+    for shapes, interior, mean in (([(32, 32)], 1.0, 0.4), ([(32, 40), (40, 32), (48, 48)], 6.0, 1.0)):
+        images = [smooth(*shapes[k % len(shapes)]) for k in range(24)]
+        crops = [aug.crop.make_params([image]) for image in images]
+        theirs = aug.crop_batch(images, crops, batched=False)
+        mine = aug.crop_batch(images, crops, batched=True)
+        assert mine.shape == theirs.shape == (24, 3, 32, 32) and mine.dtype == torch.float32
+        assert torch.equal(mine, mine.round()) and mine.min() >= 0 and mine.max() <= 255
+        difference = (mine - theirs).abs()
+        assert difference[..., 1:-1, 1:-1].max() <= interior and difference.mean() < mean, difference.mean()
+        assert difference.mean() < 0.1 * (mine - theirs.roll(1, 0)).abs().mean()  # each image is its own

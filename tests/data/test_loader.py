@@ -66,8 +66,9 @@ def test_distributed_sampler_shards_ranks_disjointly(smoke_data):
 
 @pytest.mark.parametrize("train", [True, False])
 def test_device_decoded_batches_equal_the_loader_worker_path(smoke_data, train):
-    """train.gpu_decode's loader (JPEG bytes collated as a list, decoded and transformed per batch on a device: nvJPEG
-    on a GPU) gives the same batches as decoding in the Dataset; here on the CPU device, the one a test machine has."""
+    """train.gpu_decode's loader (a batch's JPEG bytes collated into one buffer, decoded and transformed per batch on a
+    device: nvJPEG on a GPU) gives the same batches as decoding in the Dataset; here on the CPU device, the one a test
+    machine has."""
     from trainables.data.loader import DeviceDecoded, collate_encoded
 
     _, prepared = smoke_data

@@ -12,7 +12,8 @@ rotations that follow one another) are composed into one affine map and applied 
 colour steps run on float images in [0, 1] (torchvision's own functions, without rounding to 8 bits after each;
 ColorJitter's three and sharpness with the same arithmetic, written so that each image of a batch has its own
 factor, sharpness with a faster blur). :meth:`TrainAugment.batch` runs the same steps once per batch (for images on
-a GPU, ``train.gpu_decode``). Every random number comes from torch's global generator, so
+a GPU, ``train.gpu_decode``; there the crops are resized by one ``roi_align`` per image size: see
+:meth:`TrainAugment.crop_batch`). Every random number comes from torch's global generator, so
 ``torch.manual_seed`` (and a DataLoader's per-worker seeding) makes it reproducible.
 """
 
@@ -23,6 +24,7 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
+from torchvision.ops import roi_align
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
@@ -73,8 +75,11 @@ COLOUR_OPS = {
 
 def _to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A small CPU tensor on ``device`` without a stream synchronisation: a blocking host-to-device copy makes the
-    CPU wait for every kernel queued before it, so a GPU pipeline of many small steps would run in lock-step."""
-    return tensor.to(device, non_blocking=True)
+    CPU wait for every kernel queued before it, so a GPU pipeline of many small steps would run in lock-step. Only a
+    copy from pinned memory is asynchronous: the tensor is pinned first (torch's caching host allocator)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def _apply(x: torch.Tensor, idx: list[int], fn) -> torch.Tensor:
@@ -153,7 +158,8 @@ class TrainAugment:
         self.crop = v2.RandomResizedCrop(size, scale=(crop_scale_min, 1.0), antialias=True)
         self.jitter_range = (1.0 - 0.3 * strength, 1.0 + 0.3 * strength)  # v2.ColorJitter(0.3 s, 0.3 s, 0.3 s)
         self.num_ops, self.magnitude = (2, max(1, round(9 * strength))) if strength > 0 else (0, 0)
-        self.magnitudes = {op: fn(31, size, size) for op, (fn, _) in RAND_AUGMENT_SPACE.items()}
+        magnitudes = {op: fn(31, size, size) for op, (fn, _) in RAND_AUGMENT_SPACE.items()}
+        self.magnitude_of = {op: None if m is None else float(m[self.magnitude]) for op, m in magnitudes.items()}
         ramp = torch.linspace(-size / 2 + 0.5, size / 2 - 0.5, size)  # output pixel centres, origin at the centre
         self.xs, self.ys = ramp.view(1, size), ramp.view(size, 1)
 
@@ -168,11 +174,10 @@ class TrainAugment:
         ops, keys = [], list(RAND_AUGMENT_SPACE)
         for _ in range(self.num_ops):
             op = keys[int(torch.randint(len(keys), ()))]
-            magnitudes, signed = self.magnitudes[op], RAND_AUGMENT_SPACE[op][1]
-            magnitude = 0.0 if magnitudes is None else float(magnitudes[self.magnitude])
-            if magnitudes is not None and signed and torch.rand(()) <= 0.5:
+            magnitude, signed = self.magnitude_of[op], RAND_AUGMENT_SPACE[op][1]
+            if magnitude is not None and signed and torch.rand(()) <= 0.5:
                 magnitude *= -1
-            ops.append((op, magnitude))
+            ops.append((op, magnitude or 0.0))
         return ops
 
     def jitter_params(self) -> tuple[list[int], list[float]] | None:
@@ -209,7 +214,7 @@ class TrainAugment:
                 inverse = inverse @ m  # output -> input: the last transform's inverse first
             rows.append(inverse[:2] / (self.size / 2))  # to grid_sample's coordinates: -1..1 across the image
         m = _to(torch.stack(rows).to(torch.float32).view(-1, 2, 3, 1, 1), images.device)
-        xs, ys = self.xs.to(images.device), self.ys.to(images.device)  # (no copy on the CPU)
+        xs, ys = _to(self.xs, images.device), _to(self.ys, images.device)  # (no copy on the CPU)
         # the input x, y of every output pixel; one broadcast add per coordinate (~3x faster than one into the
         # last dimension)
         grid = torch.empty(len(warped), self.size, self.size, 2, device=images.device)
@@ -245,11 +250,11 @@ class TrainAugment:
         (``train.gpu_decode``), where a per-image pipeline is dozens of small kernel launches per image."""
         crops, flips, jitters, plans = [], [], [], []
         for image in images:  # the draws, image by image, in the order __call__ makes them
-            crops.append(self.crop(image))
+            crops.append(self.crop.make_params([image]))  # what v2.RandomResizedCrop draws: top, left, height, width
             flips.append(self.flips_and_rotation())
             jitters.append(self.jitter_params())
             plans.append(self.rand_augment_plan())
-        x = self.warp_batch(torch.stack(crops).float().div_(255.0), flips)
+        x = self.warp_batch(self.crop_batch(images, crops).div_(255.0), flips)
         if self.strength > 0:
             x = self.jitter_batch(x, jitters)
         for slot in range(max((len(segments) for segments, _ in plans), default=0)):
@@ -262,6 +267,42 @@ class TrainAugment:
             for (op, magnitude), idx in groups.items():
                 x = _apply(x, idx, partial(COLOUR_OPS[op], m=magnitude))
         return self.normalise(self.warp_batch(x, [final for _, final in plans]))
+
+    def crop_batch(self, images: list[torch.Tensor], crops: list[dict], batched: bool | None = None) -> torch.Tensor:
+        """Each image's crop (``crops``: RandomResizedCrop's top, left, height, width) resized to ``size`` x ``size``,
+        as a float batch of 8-bit values. Image by image with torchvision's antialiased resize (as RandomResizedCrop
+        does), or ``batched`` (the default for images on a GPU, where a resize is ~10 kernel launches an image and
+        the CPU that issues them is the bottleneck): one ``roi_align`` per image size. That samples bilinearly at
+        the same points; only the edge pixels differ (it reads the pixel beyond the crop's edge where torchvision
+        repeats the edge), and a crop wider than ``size`` is averaged over ceil(width / size) samples per output
+        pixel, close to torchvision's antialiasing."""
+        size = [self.size, self.size]
+        if not (images[0].is_cuda if batched is None else batched):
+            return torch.stack(
+                [
+                    TF.resized_crop(image, **crop, size=size, antialias=True)
+                    for image, crop in zip(images, crops, strict=True)
+                ]
+            ).float()
+        device = images[0].device
+        out = torch.empty(len(images), images[0].shape[0], *size, device=device)
+        by_shape: dict[tuple, list[int]] = {}
+        for b, image in enumerate(images):
+            by_shape.setdefault(tuple(image.shape), []).append(b)
+        for idx in by_shape.values():
+            boxes = [
+                [k, c["left"], c["top"], c["left"] + c["width"], c["top"] + c["height"]]
+                for k, c in enumerate(crops[b] for b in idx)
+            ]
+            group = roi_align(
+                torch.stack([images[b] for b in idx]).float(),
+                _to(torch.tensor(boxes, dtype=torch.float32), device),
+                output_size=self.size,
+                sampling_ratio=-1,
+                aligned=True,
+            )
+            out.index_copy_(0, _to(torch.tensor(idx), device), group)
+        return out.round_().clamp_(0.0, 255.0)  # 8-bit values, as torchvision's resize of a uint8 image
 
     @staticmethod
     def jitter_batch(x: torch.Tensor, params: list[tuple[list[int], list[float]]]) -> torch.Tensor:

@@ -106,10 +106,19 @@ class ShardDataset(Dataset):
         return int(self.lesion[index]), int(self.site[index])
 
 
-def collate_encoded(batch: list) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-    """DataLoader ``collate_fn`` for ``ShardDataset(encoded=True)``: the JPEGs differ in length, so they stay a list."""
+def collate_encoded(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """DataLoader ``collate_fn`` for ``ShardDataset(encoded=True)``: the batch's JPEGs end to end in one uint8 tensor,
+    with their lengths (:func:`split_encoded` takes them apart). One tensor crosses from a loader worker, not one per
+    image: each tensor sent is a shared-memory file of its own, and 128 of them cost the training process ~25 ms
+    a batch to receive (1.7 ms as one, measured on 2 cores); the pinned-memory thread then pins one buffer too."""
     encoded, lesion, site = zip(*batch, strict=True)
-    return list(encoded), torch.tensor(lesion), torch.tensor(site)
+    lengths = torch.tensor([len(e) for e in encoded])
+    return torch.cat(encoded), lengths, torch.tensor(lesion), torch.tensor(site)
+
+
+def split_encoded(data: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+    """The JPEGs of a :func:`collate_encoded` batch, as views of its buffer (no copy)."""
+    return list(torch.split(data, lengths.tolist()))
 
 
 class DeviceDecoded:
@@ -130,8 +139,8 @@ class DeviceDecoded:
         return getattr(self.loader, name)
 
     def __iter__(self):
-        for encoded, lesion, site in self.loader:
-            images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=self.device)
+        for data, lengths, lesion, site in self.loader:
+            images = decode_jpeg(split_encoded(data, lengths), mode=ImageReadMode.RGB, device=self.device)
             on = dict(device=self.device, non_blocking=True)
             yield self.transform_batch(images), lesion.to(**on), site.to(**on)
 
