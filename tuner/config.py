@@ -49,6 +49,9 @@ class TuneSection(_Strict):
     num_samples: int = Field(16, ge=1)
     max_concurrent_trials: int | None = Field(None, ge=1, description="default: what the cluster can hold")
     max_epochs: int = Field(10, ge=1)
+    max_trial_epochs: int | None = Field(
+        None, ge=1, description="end the search once its trials have run this many epochs in all (a budget)"
+    )
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(3.0, gt=1.0)
     scheduler: Literal["asha", "none"] = "asha"
@@ -56,6 +59,9 @@ class TuneSection(_Strict):
     mode: Literal["max", "min"] = "max"
     sampler: Literal["tpe", "random", "qmc"] = "tpe"
     tpe_startup_trials: int = Field(10, ge=0, description="TPE's random trials before it models (Optuna: 10)")
+    tpe_good_fraction: float = Field(
+        0.1, gt=0.0, le=0.5, description="share of the trials TPE models as good (Optuna: 0.1, at most 25 trials)"
+    )
     seed: int = 0
     study_storage: str | None = Field(None, description="Optuna RDB URL, e.g. sqlite:///study.db")
     max_failures: int = Field(1, ge=0, description="retries of a failed trial")

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
+from functools import partial
 from pathlib import Path
 
 import optuna
@@ -25,6 +27,7 @@ from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCall
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
+from ray.tune.stopper import Stopper
 
 from search_spaces import define_by_run, load_space
 from trainables import storage
@@ -33,6 +36,7 @@ from trainables.errors import UserError
 from tuner.config import ExperimentConfig, is_uri, join_storage
 from tuner.train_run import make_trainer
 
+DEFAULT_GOOD_FRACTION = 0.1  # Optuna's own (optuna.samplers._tpe.sampler.default_gamma)
 DRIVER_CPU = 0.25  # a trial's driver only waits on its workers
 
 
@@ -47,6 +51,24 @@ class EpochReportCallback(TuneReportCallback):
         if metrics and "epoch" in metrics[0]:
             metrics = [{**metrics[0], "training_iteration": int(metrics[0]["epoch"])}, *metrics[1:]]
         super().after_report(run_context, metrics, checkpoint)
+
+
+class EpochBudget(Stopper):
+    """Ends the search once its trials have run ``budget`` epochs in all (``tune.max_trial_epochs``): a search
+    budget in the unit early stopping saves, so that searches with and without it can be given the same. Trials
+    still running then stop there (each keeps its checkpoints); trials not started do not start."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.epochs: dict[str, int] = {}
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        # the highest epoch, not a count of results: a restored trial reports its last epoch once more
+        self.epochs[trial_id] = max(self.epochs.get(trial_id, 0), int(result.get(TRAINING_ITERATION, 0)))
+        return False
+
+    def stop_all(self) -> bool:
+        return sum(self.epochs.values()) >= self.budget
 
 
 class LoggedEpochs:
@@ -157,9 +179,18 @@ def _sampler(exp: ExperimentConfig) -> optuna.samplers.BaseSampler:
         return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
     # multivariate: the learning rates interact (a joint density, not one per parameter); constant liar: a
     # running trial counts as a poor one, so trials started together do not all land on the same point
-    return optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=exp.tune.tpe_startup_trials, multivariate=True, constant_liar=True
-    )
+    options = dict(seed=seed, n_startup_trials=exp.tune.tpe_startup_trials, multivariate=True, constant_liar=True)
+    if exp.tune.tpe_good_fraction == DEFAULT_GOOD_FRACTION:
+        return optuna.samplers.TPESampler(**options)
+    with warnings.catch_warnings():  # Optuna 4.9 deprecated `gamma` (gone in 6; pyproject pins optuna < 6)
+        warnings.simplefilter("ignore", FutureWarning)
+        return optuna.samplers.TPESampler(**options, gamma=partial(good_trials, fraction=exp.tune.tpe_good_fraction))
+
+
+def good_trials(n: int, fraction: float) -> int:
+    """TPE's gamma: how many of ``n`` trials form its "good" density (Optuna's default with 0.1 for ``fraction``).
+    Module-level (a ``partial``, not a lambda), as Tune pickles the searcher with its sampler."""
+    return min(math.ceil(fraction * n), 25)
 
 
 class EarlyStopAwareOptunaSearch(OptunaSearch):
@@ -250,6 +281,7 @@ def make_tuner(exp: ExperimentConfig, prepared: str, use_gpu: bool, resources: d
             storage_path=exp.experiment_dir,
             failure_config=tune.FailureConfig(max_failures=t.max_failures),
             callbacks=epoch_loggers(),
+            stop=EpochBudget(t.max_trial_epochs) if t.max_trial_epochs else None,
             verbose=1,
         ),
     )

@@ -1,4 +1,5 @@
-"""The searcher Tune drives: a trial that ASHA stopped early reaches Optuna as PRUNED (real Optuna, no cluster)."""
+"""The searcher Tune drives: a trial that ASHA stopped early reaches Optuna as PRUNED (real Optuna, no cluster); TPE's
+good share; the trial-epoch budget that ends a search."""
 
 from __future__ import annotations
 
@@ -49,3 +50,41 @@ def test_stopped_early_is_pruned_finished_and_diverged_are_complete(tmp_path) ->
     restored = _search(max_epochs=99)
     restored.restore_from_dir(str(tmp_path))
     assert restored.max_epochs == 4 and len(restored._ot_study.trials) == 5
+
+
+def test_tpe_good_share_comes_from_the_experiment_and_survives_pickling() -> None:
+    """tune.tpe_good_fraction sets how many trials TPE models as good (Optuna's gamma); Tune pickles the searcher
+    with its sampler when it saves the experiment, so the setting must survive that."""
+    import pickle
+    import warnings
+
+    from tuner.config import ExperimentConfig
+    from tuner.tune_run import _sampler
+
+    def experiment(**tune) -> ExperimentConfig:
+        return ExperimentConfig(name="x", data={"format": "isic2019", "root": "/data"}, tune=tune)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Optuna's deprecation of gamma is skintune's to handle, not the user's
+        wide = pickle.loads(pickle.dumps(_sampler(experiment(tpe_good_fraction=0.25))))
+        default = _sampler(experiment())
+    assert [wide._gamma(n) for n in (4, 8, 12, 40, 400)] == [1, 2, 3, 10, 25]
+    assert default._gamma is None  # Optuna's own gamma, untouched
+
+
+def test_epoch_budget_ends_the_search_at_its_trial_epochs() -> None:
+    """tune.max_trial_epochs: the stopper Tune consults after every result ends the whole search once the trials'
+    epochs add up to the budget; a restored trial reporting its last epoch again is not counted twice."""
+    from tuner.tune_run import EpochBudget
+
+    budget = EpochBudget(6)
+    for trial, epochs in (("a", 3), ("b", 1)):
+        for epoch in range(1, epochs + 1):
+            assert budget(trial, {"training_iteration": epoch}) is False  # no single trial is stopped by it
+    assert not budget.stop_all()
+    budget("a", {"training_iteration": 3})  # a repeat after a restore
+    assert not budget.stop_all() and sum(budget.epochs.values()) == 4
+    budget("c", {"training_iteration": 1})
+    assert not budget.stop_all()
+    budget("b", {"training_iteration": 2})
+    assert budget.stop_all() and budget.epochs == {"a": 3, "b": 2, "c": 1}
