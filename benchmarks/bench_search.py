@@ -151,6 +151,7 @@ def summarise(runs: list[dict]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds (each ~11 minutes on 2 cores)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed, first-seed + 1, ...")
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--tpe-trials", type=int, help="TPE+ASHA's trials (default: --trials, 3x that with a budget)")
     parser.add_argument(
@@ -177,7 +178,8 @@ def main() -> None:
         Path(tmp, "space.yaml").write_text(yaml.safe_dump(SPACE))
         try:
             strategies = args.strategies.split(",")
-            runs = [_run(Path(tmp), seed, s, args) for seed in range(args.seeds) for s in strategies]
+            seeds = range(args.first_seed, args.first_seed + args.seeds)
+            runs = [_run(Path(tmp), seed, s, args) for seed in seeds for s in strategies]
         finally:
             ray.shutdown()
     settings = {**vars(args), "space": SPACE["params"]}
