@@ -55,35 +55,48 @@ class Utilisation:
         return round(statistics.mean(self.samples), 1) if self.samples else None
 
 
-def plain_amp(prepared: str, backbone: str, batch_size: int, epochs: int, workers: int, compile_: bool) -> list[float]:
-    """The reference: a textbook timm + torch.autocast(bf16) loop, channels_last, pinned memory. Images/s."""
+def _reference(prepared: str, backbone: str, compile_: bool = False):
+    """What the plain loops share: the training transform (timm's mean and std for ``backbone``) and the model
+    (channels_last, a head per lesion class, optionally compiled) with its optimizer."""
     import timm
-    from torch.utils.data import DataLoader
 
-    from trainables.data.loader import Augment, ShardDataset, build_transforms
+    from trainables.data.loader import Augment, build_transforms
     from trainables.data.prepare import load_info
 
     info = load_info(prepared)
-    size = info["prepare_options"]["image_size"]
-    cfg = timm.data.resolve_data_config({}, model=timm.create_model(backbone, pretrained=False))
-    data = ShardDataset(prepared, "train", build_transforms(size, cfg["mean"], cfg["std"], True, Augment()))
-    loader = DataLoader(data, batch_size, shuffle=True, drop_last=True, num_workers=workers, pin_memory=True)
-    model = timm.create_model(backbone, pretrained=False, num_classes=len(info["lesion_classes"])).cuda()
-    model = model.to(memory_format=torch.channels_last)
+    model = timm.create_model(backbone, pretrained=False, num_classes=len(info["lesion_classes"]))
+    cfg = timm.data.resolve_data_config({}, model=model)
+    transform = build_transforms(info["prepare_options"]["image_size"], cfg["mean"], cfg["std"], True, Augment())
+    model = model.cuda().to(memory_format=torch.channels_last)
     model = torch.compile(model) if compile_ else model
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return transform, model, torch.optim.AdamW(model.parameters(), lr=1e-3)
+
+
+def _amp_step(model, optimizer, images: torch.Tensor, lesion: torch.Tensor) -> None:
+    """One textbook bf16-autocast training step."""
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss = torch.nn.functional.cross_entropy(model(images).float(), lesion)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def plain_amp(prepared: str, backbone: str, batch_size: int, epochs: int, workers: int, compile_: bool) -> list[float]:
+    """The reference: a textbook timm + torch.autocast(bf16) loop, channels_last, pinned memory. Images/s."""
+    from torch.utils.data import DataLoader
+
+    from trainables.data.loader import ShardDataset
+
+    transform, model, optimizer = _reference(prepared, backbone, compile_)
+    data = ShardDataset(prepared, "train", transform)
+    loader = DataLoader(data, batch_size, shuffle=True, drop_last=True, num_workers=workers, pin_memory=True)
     rates = []
     for _ in range(epochs):
         torch.cuda.synchronize()
         start, seen = time.perf_counter(), 0
         for images, lesion, _site in loader:
             images = images.cuda(non_blocking=True).contiguous(memory_format=torch.channels_last)
-            lesion = lesion.cuda(non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = torch.nn.functional.cross_entropy(model(images).float(), lesion)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            _amp_step(model, optimizer, images, lesion.cuda(non_blocking=True))
             seen += len(lesion)
         torch.cuda.synchronize()
         rates.append(seen / (time.perf_counter() - start))
@@ -134,16 +147,12 @@ def decode_breakdown(prepared: str, backbone: str, batch_size: int, workers: int
     """Where ``gpu_decode``'s time goes in the training process, median ms per batch: waiting for the loader,
     nvJPEG decoding and the batch augmentation (``launch``: until the call returns; ``done``: to a CUDA
     synchronisation), and one bf16 training step of the model on the batch, for scale."""
-    import timm
     from torch.utils.data import DataLoader
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    from trainables.data.loader import Augment, ShardDataset, build_transforms, collate_encoded, split_encoded
-    from trainables.data.prepare import load_info
+    from trainables.data.loader import ShardDataset, collate_encoded, split_encoded
 
-    size = load_info(prepared)["prepare_options"]["image_size"]
-    cfg = timm.data.resolve_data_config({}, model=timm.create_model(backbone, pretrained=False))
-    augment = build_transforms(size, cfg["mean"], cfg["std"], True, Augment())
+    augment, model, optimizer = _reference(prepared, backbone)
     data = ShardDataset(prepared, "train", encoded=True)
     loader = DataLoader(
         data,
@@ -155,8 +164,6 @@ def decode_breakdown(prepared: str, backbone: str, batch_size: int, workers: int
         collate_fn=collate_encoded,
         persistent_workers=True,
     )
-    model = timm.create_model(backbone, pretrained=False).cuda().to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     times: dict[str, list[float]] = {}
 
     def clock(name: str, start: float, sync: bool = False) -> float:
@@ -176,11 +183,7 @@ def decode_breakdown(prepared: str, backbone: str, batch_size: int, workers: int
             t = clock("decode_done", clock("decode_launch", t), sync=True)
             x = augment.batch(images).contiguous(memory_format=torch.channels_last)
             t = clock("augment_done", clock("augment_launch", t), sync=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = torch.nn.functional.cross_entropy(model(x).float(), lesion.cuda(non_blocking=True))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            _amp_step(model, optimizer, x, lesion.cuda(non_blocking=True))
             t = clock("train_step_done", t, sync=True)
             seen += 1
             if seen >= batches:
