@@ -45,6 +45,9 @@ class DataSection(_Strict):
     synth: SynthSection | None = None
 
 
+OPTUNA_GOOD_FRACTION = 0.1  # TPE's own gamma (optuna.samplers._tpe.sampler.default_gamma)
+
+
 class TuneSection(_Strict):
     num_samples: int = Field(16, ge=1)
     max_concurrent_trials: int | None = Field(None, ge=1, description="default: what the cluster can hold")
@@ -60,7 +63,10 @@ class TuneSection(_Strict):
     sampler: Literal["tpe", "random", "qmc"] = "tpe"
     tpe_startup_trials: int = Field(10, ge=0, description="TPE's random trials before it models (Optuna: 10)")
     tpe_good_fraction: float = Field(
-        0.1, gt=0.0, le=0.5, description="share of the trials TPE models as good (Optuna: 0.1, at most 25 trials)"
+        OPTUNA_GOOD_FRACTION,
+        gt=0.0,
+        le=0.5,
+        description="share of the trials TPE models as good (Optuna: 0.1, at most 25 trials)",
     )
     seed: int = 0
     study_storage: str | None = Field(None, description="Optuna RDB URL, e.g. sqlite:///study.db")

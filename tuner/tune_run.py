@@ -33,10 +33,9 @@ from search_spaces import define_by_run, load_space
 from trainables import storage
 from trainables.config import TRAIN_KEYS
 from trainables.errors import UserError
-from tuner.config import ExperimentConfig, is_uri, join_storage
+from tuner.config import OPTUNA_GOOD_FRACTION, ExperimentConfig, is_uri, join_storage
 from tuner.train_run import make_trainer
 
-DEFAULT_GOOD_FRACTION = 0.1  # Optuna's own (optuna.samplers._tpe.sampler.default_gamma)
 DRIVER_CPU = 0.25  # a trial's driver only waits on its workers
 
 
@@ -180,7 +179,7 @@ def _sampler(exp: ExperimentConfig) -> optuna.samplers.BaseSampler:
     # multivariate: the learning rates interact (a joint density, not one per parameter); constant liar: a
     # running trial counts as a poor one, so trials started together do not all land on the same point
     options = dict(seed=seed, n_startup_trials=exp.tune.tpe_startup_trials, multivariate=True, constant_liar=True)
-    if exp.tune.tpe_good_fraction == DEFAULT_GOOD_FRACTION:
+    if exp.tune.tpe_good_fraction == OPTUNA_GOOD_FRACTION:  # Optuna's gamma, untouched
         return optuna.samplers.TPESampler(**options)
     with warnings.catch_warnings():  # Optuna 4.9 deprecated `gamma` (gone in 6; pyproject pins optuna < 6)
         warnings.simplefilter("ignore", FutureWarning)
