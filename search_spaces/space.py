@@ -28,8 +28,6 @@ Every problem is collected and raised together as one :class:`SearchSpaceError` 
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,10 +35,11 @@ from typing import Any
 
 import yaml
 
+from search_spaces.param import NAME, Param
+from search_spaces.validate import StrictLoader, check_file, hint, yaml_problem
 from trainables.errors import UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # no '/' or '.': Ray would unflatten those into nested dicts
 
 
 class SearchSpaceError(UserError):
@@ -50,43 +49,6 @@ class SearchSpaceError(UserError):
         self.problems = [f"{source}: {p}" for p in problems]
         head = f"search space {source} has {len(problems)} problems: " if len(problems) > 1 else f"{source}: "
         super().__init__(head + "; ".join(problems))
-
-
-@dataclass(frozen=True)
-class Param:
-    name: str
-    type: str  # float | int | categorical | fixed
-    role: str  # scientific | nuisance | fixed
-    low: float | int | None = None
-    high: float | int | None = None
-    log: bool = False
-    step: float | int | None = None
-    choices: tuple[Any, ...] = ()
-    value: Any = None
-    when: tuple[tuple[str, tuple[Any, ...]], ...] = ()  # ((param, allowed values), ...): all must hold
-    scale_by: tuple[tuple[str, tuple[tuple[Any, float], ...]], ...] = ()  # ((param, ((choice, factor), ..)),)
-
-    def active(self, config: dict[str, Any]) -> bool:
-        return all(c in config and config[c] in values for c, values in self.when)
-
-    def factor(self, config: dict[str, Any]) -> float:
-        return math.prod(dict(table).get(config.get(c), 1.0) for c, table in self.scale_by)
-
-    def suggest(self, trial: Any) -> Any:
-        if self.type == "categorical":
-            return trial.suggest_categorical(self.name, list(self.choices))
-        if self.type == "int":
-            return trial.suggest_int(self.name, self.low, self.high, step=self.step or 1, log=self.log)
-        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
-
-    def midpoint(self) -> Any:
-        """Deterministic centre: the first choice, or the (geometric) middle snapped to the step grid."""
-        if self.type == "categorical":
-            return self.choices[0]
-        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
-        if self.step is not None:
-            mid = self.low + round((mid - self.low) / self.step) * self.step
-        return round(mid) if self.type == "int" else float(mid)
 
 
 @dataclass(frozen=True)
@@ -154,14 +116,12 @@ def shipped() -> list[str]:
 
 def load_space(name_or_path: str | Path, known_keys: Iterable[str] | None = None) -> SearchSpace:
     """Load and validate a search space: a bare name (``"mtl"``) is a shipped file, anything else a path."""
-    from search_spaces.validate import StrictLoader, check_file, hint, yaml_problem
-
     text = str(name_or_path)
-    path = PACKAGE_DIR / f"{text}.yaml" if _NAME.match(text) else Path(text).expanduser()
+    path = PACKAGE_DIR / f"{text}.yaml" if NAME.match(text) else Path(text).expanduser()
     if not path.is_file():
-        hint = hint(text, shipped()) if _NAME.match(text) else ""
+        close = hint(text, shipped()) if NAME.match(text) else ""
         raise UserError(
-            f"search space {text!r}: no such file (shipped spaces: {', '.join(shipped())}){hint}; set search_space "
+            f"search space {text!r}: no such file (shipped spaces: {', '.join(shipped())}){close}; set search_space "
             "to a shipped name or the path of a search-space YAML"
         )
     source = str(path)

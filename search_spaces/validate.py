@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from search_spaces.space import _NAME, Param
+from search_spaces.param import NAME, Param
 
 ROLES = ("scientific", "nuisance", "fixed")
 _COMMON = ("type", "role", "when")
@@ -64,7 +64,7 @@ def check_file(raw: Any, problems: list[str], known: list[str] | None) -> list[P
     for name, spec in specs.items():
         name = str(name)
         where = f"params.{name}"
-        if not _NAME.match(name):
+        if not NAME.match(name):
             problems.append(f"{where}: a name must be letters, digits and '_' (it is a training-config key)")
         elif known is not None and name not in known:
             problems.append(f"{where}: unknown parameter {name!r}{hint(name, known)}")
