@@ -19,7 +19,7 @@ from sklearn.metrics import balanced_accuracy_score
 from search_spaces import load_space
 from trainables.errors import UserError
 from trainables.metrics import lesion_metrics, prefixed
-from tuner.report import build_report, context, sections
+from tuner.report import build_report, context_sections, result_sections
 from tuner.report.search import base_value, edge
 
 LESION, SITES, SEEDS, N = ["MEL", "NV", "BCC"], ["head", "trunk"], [0, 1], 60
@@ -160,7 +160,7 @@ def report(tmp_path_factory) -> Path:
 
 def test_every_section_is_in_both_formats(report):
     md, page = (report / "report.md").read_text(), (report / "report.html").read_text()
-    for title in [*sections.TITLES.values(), *context.TITLES.values()]:
+    for title in [*result_sections.TITLES.values(), *context_sections.TITLES.values()]:
         assert f"## {title}" in md
         assert f">{title}</h2>" in page
     assert "ended at the high edge" in md and "`w_site`" in md  # best w_site = 1.98 of [0, 2]

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -12,11 +11,9 @@ import pandas as pd
 from trainables.metrics import confusion_matrix
 from tuner import stats
 from tuner.report import plots
+from tuner.report.comparison import Comparison
 from tuner.report.load import ARMS, Inputs
 from tuner.report.render import Bullets, Figure, Heading, Section, Table, Text
-
-if TYPE_CHECKING:
-    from tuner.report.build import Comparison
 
 TITLES = {
     "headline": "Headline: MTL vs single-task",
