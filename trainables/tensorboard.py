@@ -1,6 +1,6 @@
 """TensorBoard from world rank 0 only: a real ``SummaryWriter`` there, a null writer on the other ranks.
 
-Scalars use the DESIGN.md metric names as tags (``train/loss``, ``val/lesion_bacc``...), so the TensorBoard
+Scalars use the metric names of docs/design.md as tags (``train/loss``, ``val/lesion_bacc``...), so the TensorBoard
 view, the Tune results and the report read the same names.
 """
 

@@ -1,5 +1,7 @@
-"""Start or join Ray for the driver, safely: the dashboard (needed to free an early-stopped trial's workers,
-see reference/ray.md) and the Jobs API stay on 127.0.0.1 unless the user joins an existing cluster.
+"""Start or join Ray for the driver, safely: the dashboard and the Jobs API stay on 127.0.0.1 unless the user joins
+an existing cluster. The dashboard stays on: when ASHA stops a trial, its workers' placement group is freed by a
+helper actor that needs Ray's State API, which the dashboard serves (without it the stopped trial's CPUs stayed
+reserved and the next trial waited for ever).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The bad-input corpus (DESIGN.md, "Failure and bad input"): every case runs the real CLI, ``tuner.cli.main``.
+"""The bad-input corpus (docs/design.md, "Bad input"): every case runs the real CLI, ``tuner.cli.main``.
 
 Each bad case must end with exit code 2 and one line ``skintune: error: ...`` that names the file (and the
 line, key or parameter) and says what to do, with no traceback; odd-but-valid images (grayscale, 16-bit, CMYK)

@@ -1,5 +1,5 @@
-"""Fixture writers: tiny copies of each public release, with its exact headers and quirks (see
-/work/shared/reference/datasets.md), written into ``tmp_path``. ``make_root(fmt, **kw)`` returns the root."""
+"""Fixture writers: tiny copies of each public release, with its exact headers and quirks (as each
+adapter's module docstring describes them), written into ``tmp_path``. ``make_root(fmt, **kw)`` returns the root."""
 
 from __future__ import annotations
 

@@ -3,9 +3,10 @@
 The split's encoded JPEG bytes stay in one Arrow buffer (a few KB per image at 64-224 px, no Python object per
 image, shared copy-on-write with DataLoader worker processes). Each item is decoded with libjpeg-turbo
 (``torchvision.io.decode_jpeg``) and augmented on tensors (``trainables.data.augment``, built on
-``torchvision.transforms.v2``). Being map-style, a
-``DataLoader`` over it is sharded across DDP ranks by ``ray.train.torch.prepare_data_loader`` (which adds a
-``DistributedSampler``).
+``torchvision.transforms.v2``). The Train loop (``trainables/train_loop.py``) shards it across DDP ranks itself:
+the training split with a ``DistributedSampler`` seeded by the run's seed (``prepare_data_loader`` gets
+``add_dist_sampler=False`` and only moves batches to the device), the validation split with
+``trainables.evaluate.rank_slice`` (a disjoint slice per rank, gathered for exact metrics).
 """
 
 from __future__ import annotations
@@ -33,13 +34,15 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
 warnings.filterwarnings("ignore", message="The given buffer is not writable")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Augment:
-    """Training augmentation; ``strength`` in [0, 1] scales colour jitter and the RandAugment magnitude."""
+    """Training augmentation settings, named as :class:`TrainAugment`'s arguments; ``strength`` in [0, 1] scales
+    colour jitter and the RandAugment magnitude; ``flips``: random horizontal and vertical flips
+    (``train.hflip``)."""
 
     strength: float = 0.5
     crop_scale_min: float = 0.6
-    hflip: bool = True
+    flips: bool = True
     rotation: float = 180.0  # dermoscopy has no "up": any rotation is a valid view
 
 
@@ -54,7 +57,15 @@ def build_transforms(image_size: int, mean, std, train: bool, augment: Augment |
         resize = [v2.Resize(image_size, antialias=True), v2.CenterCrop(image_size)]
         return v2.Compose([*resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
     aug = augment or Augment()
-    return TrainAugment(image_size, aug.crop_scale_min, aug.hflip, aug.rotation, aug.strength, mean, std)
+    return TrainAugment(
+        size=image_size,
+        crop_scale_min=aug.crop_scale_min,
+        flips=aug.flips,
+        rotation=aug.rotation,
+        strength=aug.strength,
+        mean=mean,
+        std=std,
+    )
 
 
 class ShardDataset(Dataset):
@@ -164,7 +175,7 @@ def make_loader(
     seed: int = 0,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A plain DataLoader; wrap it with ``ray.train.torch.prepare_data_loader`` inside a Train worker."""
+    """A plain single-process DataLoader (tests); the Train loop builds its own, with a DistributedSampler."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,

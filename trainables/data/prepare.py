@@ -1,10 +1,10 @@
 """``skintune prepare``: read a dataset through its adapter, split it, write Parquet shards and ``dataset.json``.
 
-Each shard holds up to ``shard_size`` images of one split with the canonical columns (DESIGN.md), the images
-decoded once, made upright RGB, resized (shorter side = ``image_size``) and re-encoded as JPEG, so trials never
-touch the multi-megapixel originals. Shards are made in parallel (one process per core, one shard in memory per
-process, so memory does not grow with the dataset), written to a temporary name and renamed, so a killed run
-leaves no partial shard and a rerun only makes the missing ones. Same inputs and options: nothing is redone.
+Each shard holds up to ``shard_size`` images of one split with the canonical columns (docs/design.md, "Prepared
+data"), the images decoded once, made upright RGB, resized (shorter side = ``image_size``) and re-encoded as JPEG,
+so trials never touch the multi-megapixel originals. Shards are made in parallel (one process per core, one shard
+in memory per process, so memory does not grow with the dataset), written to a temporary name and renamed, so a
+killed run leaves no partial shard and a rerun only makes the missing ones. Same inputs and options: nothing is redone.
 
 Layout of ``out``::
 

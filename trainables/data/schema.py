@@ -1,4 +1,4 @@
-"""The canonical dataset table every adapter produces (see DESIGN.md, "Canonical data record").
+"""The canonical dataset table every adapter produces (docs/design.md, "Prepared data").
 
 An adapter reads a public release into a :class:`RawTable`: one row per image with integer labels, the path of
 the original image and, where the dataset ships one, its official split. ``prepare`` then splits, decodes,

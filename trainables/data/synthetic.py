@@ -41,7 +41,7 @@ VERSION = 1
 CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
 SITE_NAMES = ("anterior torso", "posterior torso", "lateral torso", "upper extremity", "lower extremity",
               "head/neck", "palms/soles", "oral/genital")  # fmt: skip
-# ISIC 2019 diagnosis x site counts, columns as SITE_NAMES then missing (reference/datasets.md).
+# ISIC 2019 training set, diagnosis x anatom_site_general counts; columns as SITE_NAMES, then missing.
 SITE_TABLE = {
     "MEL": (1331, 430, 14, 724, 796, 880, 201, 19, 127),
     "NV": (3699, 1888, 34, 1325, 2876, 767, 168, 24, 2094),
