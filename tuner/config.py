@@ -12,11 +12,10 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from trainables import storage as storage_io
+from trainables import storage as storage_io  # `storage` is a field and a parameter here
 from trainables.config import TrainConfig, format_validation_error
 from trainables.errors import UserError
 from trainables.storage import is_uri
-from trainables.storage import join as join_storage
 
 
 class _Strict(BaseModel):
@@ -107,11 +106,11 @@ class ExperimentConfig(_Strict):
 
     @property
     def experiment_dir(self) -> str:
-        return join_storage(self.storage, self.name)
+        return storage_io.join(self.storage, self.name)
 
     @property
     def prepared_dir(self) -> str:
-        return self.data.prepared or join_storage(self.experiment_dir, "prepared")
+        return self.data.prepared or storage_io.join(self.experiment_dir, "prepared")
 
 
 def resolve_storage(path: str) -> str:

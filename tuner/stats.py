@@ -1,12 +1,14 @@
-"""Paired statistics for MTL vs single-task on the same test images: pure numpy/scipy, no I/O.
+"""Paired statistics for two arms (e.g. MTL vs single-task) on the same test images: pure numpy/scipy, no I/O.
 
-Every comparison is *paired*: both arms predict the same test images with the same seeds, so
-:func:`paired_bootstrap` resamples images (one resample shared by every seed and both arms) and
-:func:`paired_permutation` swaps the two arms' predictions image by image (the same swap in every seed).
-The statistic of both is ``mean over seeds of metric(a) - metric(b)``. :func:`mcnemar` tests pooled
-right/wrong pairs. The metric helpers (:func:`balanced_accuracy`, :func:`accuracy`, :func:`macro_auc`) are
-fast numpy versions of ``trainables.metrics`` (same definitions, checked against scikit-learn in the tests)
-because the resampling calls them thousands of times.
+The design has two levels: training runs (seeds) and lesion groups (the images of one lesion or patient, kept
+together by the split). Every comparison is *paired*: both arms predict the same test images with the same seeds.
+:func:`paired_bootstrap` resamples seeds and lesion groups (the same draw for both arms), so its interval is for
+the expected difference of a new training run on new lesions; :func:`paired_permutation` swaps the two arms
+within (seed, lesion group) cells. The statistic of both is ``mean over seeds of metric(a) - metric(b)``.
+:func:`holm` adjusts the p-values of secondary metrics; :func:`mcnemar` tests pooled right/wrong pairs (it treats
+images as independent: exploratory only). The metric helpers (:func:`balanced_accuracy`, :func:`accuracy`,
+:func:`macro_auc`) are fast numpy versions of ``trainables.metrics`` (same definitions, checked against
+scikit-learn in the tests) because the resampling calls them thousands of times.
 """
 
 from __future__ import annotations
@@ -92,29 +94,44 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
     return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
-def _seed_mean_diff(y, a_by_seed, b_by_seed, metric_fn: MetricFn, weights=None):
-    diffs = [
-        np.asarray(metric_fn(y, a, weights)) - metric_fn(y, b, weights)
-        for a, b in zip(a_by_seed, b_by_seed, strict=True)
-    ]
-    return np.mean(diffs, axis=0)
+def groups_index(groups, n: int) -> tuple[np.ndarray, int]:
+    """Each image's resampling unit as ``0..G-1`` and ``G``: its lesion (or patient) group, or the image itself
+    when ``groups`` is None. Groups are numbered in sorted order of their ids, so copies of the same images under
+    the same ids resample identically."""
+    if groups is None:
+        return np.arange(n), n
+    ids, index = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    if len(index) != n:
+        raise ValueError(f"{len(index)} group ids for {n} images")
+    return index, len(ids)
 
 
 def _boot_counts(rng: np.random.Generator, n: int, reps: int) -> np.ndarray:
-    """``(reps, n)``: how often each image is drawn in each of ``reps`` resamples of n images."""
+    """``(reps, n)``: how often each of n units is drawn in each of ``reps`` resamples of n units."""
     draws = rng.integers(0, n, size=(reps, n)) + n * np.arange(reps)[:, None]
     return np.bincount(draws.ravel(), minlength=reps * n).reshape(reps, n).astype(float)
 
 
-def bootstrap_ci(y, pred, metric_fn: MetricFn, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
-    """Percentile bootstrap CI of one model's metric over its test images: ``{estimate, low, high}``."""
-    y, pred = np.asarray(y), np.asarray(pred)
-    rng = np.random.default_rng(seed)
-    chunks = [min(BOOT_CHUNK, n_boot - i) for i in range(0, n_boot, BOOT_CHUNK)]
-    boots = np.concatenate([metric_fn(y, pred, _boot_counts(rng, len(y), k)) for k in chunks])
+def _chunks(total: int) -> list[int]:
+    return [min(BOOT_CHUNK, total - i) for i in range(0, total, BOOT_CHUNK)]
+
+
+def _seed_values(y, a_by_seed, b_by_seed, metric_fn: MetricFn, weights=None) -> np.ndarray:
+    """``(S, B)`` (or ``(S,)`` without weights): metric(a_s) - metric(b_s) per seed, or metric(a_s) alone."""
+    if b_by_seed is None:
+        return np.array([np.asarray(metric_fn(y, a, weights)) for a in a_by_seed])
+    return np.array(
+        [
+            np.asarray(metric_fn(y, a, weights)) - metric_fn(y, b, weights)
+            for a, b in zip(a_by_seed, b_by_seed, strict=True)
+        ]
+    )
+
+
+def _percentiles(boots: np.ndarray, level: float) -> tuple[float, float]:
     tail = (1 - level) / 2 * 100
     low, high = np.nanpercentile(boots, [tail, 100 - tail])
-    return {"estimate": float(metric_fn(y, pred)), "low": float(low), "high": float(high)}
+    return float(low), float(high)
 
 
 def paired_bootstrap(
@@ -125,45 +142,87 @@ def paired_bootstrap(
     n_boot: int = 2000,
     seed: int = 0,
     level: float = 0.95,
+    groups=None,
+    resample_seeds: bool = True,
 ) -> dict[str, float]:
-    """Percentile bootstrap CI of ``mean_s metric(a_s) - metric(b_s)``, resampling test images.
+    """Two-level percentile bootstrap CI of ``mean_s metric(a_s) - metric(b_s)`` (of ``mean_s metric(a_s)`` when
+    ``pred_b_by_seed`` is None).
 
-    ``pred_*_by_seed``: one array per seed, ``(n,)`` labels or ``(n, k)`` probabilities, rows aligned with
-    ``y``. One resample (as image counts) is shared by every seed and both arms: paired by image and seed.
+    The units are the training run (seed) and the lesion group: each replicate draws the seeds with replacement
+    and the lesion groups with replacement (every image of a drawn group comes along), and both arms get the same
+    draw. So the interval is for the expected difference of a *new* training run on *new* lesions from this
+    population; with ``resample_seeds=False`` and ``groups=None`` it is the older, narrower interval for these
+    seeds on images treated as independent. ``pred_*_by_seed``: one array per seed, ``(n,)`` labels or ``(n, k)``
+    probabilities, rows aligned with ``y``; ``groups``: ``(n,)`` lesion (or patient) ids, None = one per image.
     ``metric_fn(y, pred, weights)`` follows the contract of :func:`balanced_accuracy`.
     """
     y = np.asarray(y)
-    a, b = [np.asarray(p) for p in pred_a_by_seed], [np.asarray(p) for p in pred_b_by_seed]
+    a = [np.asarray(p) for p in pred_a_by_seed]
+    b = None if pred_b_by_seed is None else [np.asarray(p) for p in pred_b_by_seed]
+    index, n_groups = groups_index(groups, len(y))
+    n_seeds = len(a)
     rng = np.random.default_rng(seed)
-    chunks = [min(BOOT_CHUNK, n_boot - i) for i in range(0, n_boot, BOOT_CHUNK)]
-    boots = np.concatenate([_seed_mean_diff(y, a, b, metric_fn, _boot_counts(rng, len(y), k)) for k in chunks])
-    tail = (1 - level) / 2 * 100
-    low, high = np.nanpercentile(boots, [tail, 100 - tail])
-    return {"diff": float(_seed_mean_diff(y, a, b, metric_fn)), "low": float(low), "high": float(high)}
+    boots = []
+    for k in _chunks(n_boot):
+        weights = _boot_counts(rng, n_groups, k)[:, index]  # (k, n): how often each image's group was drawn
+        per_seed = _seed_values(y, a, b, metric_fn, weights)  # (S, k)
+        if resample_seeds and n_seeds > 1:
+            seed_counts = _boot_counts(rng, n_seeds, k)  # (k, S)
+            boots.append(np.einsum("ks,sk->k", seed_counts, per_seed) / n_seeds)
+        else:
+            boots.append(per_seed.mean(axis=0))
+    low, high = _percentiles(np.concatenate(boots), level)
+    key = "estimate" if b is None else "diff"
+    return {key: float(_seed_values(y, a, b, metric_fn).mean()), "low": low, "high": high}
+
+
+def bootstrap_ci(
+    y, pred, metric_fn: MetricFn, n_boot: int = 2000, seed: int = 0, level: float = 0.95, groups=None
+) -> dict:
+    """Percentile bootstrap CI of one model's metric, resampling lesion groups (images when ``groups`` is None):
+    ``{estimate, low, high}``."""
+    return paired_bootstrap(y, [pred], None, metric_fn, n_boot, seed, level, groups=groups, resample_seeds=False)
 
 
 def paired_permutation(
-    y, pred_a_by_seed, pred_b_by_seed, metric_fn: MetricFn, n_perm: int = 2000, seed: int = 0
+    y, pred_a_by_seed, pred_b_by_seed, metric_fn: MetricFn, n_perm: int = 2000, seed: int = 0, groups=None
 ) -> dict[str, float]:
-    """Two-sided paired permutation test: each image's two predictions are swapped at random (in every seed).
+    """Two-sided paired permutation test of ``mean_s metric(a_s) - metric(b_s)``: within every (seed, lesion group)
+    cell the two arms' predictions are swapped together at random.
 
-    Under "no difference" the arm labels are exchangeable image by image;
-    ``p = (1 + #{|T*| >= |T|}) / (1 + n_perm)``. Vectorised through the weights contract: both arms'
-    predictions are stacked (2n rows) and a permutation is a 0/1 weight row picking one of each pair.
+    Under "no difference" the arm labels are exchangeable cell by cell; ``p = (1 + #{|T*| >= |T|}) / (1 +
+    n_perm)``. It conditions on the seeds run, so it does not see seed-to-seed variation: the verdict also needs
+    the two-level bootstrap interval (:func:`paired_bootstrap`) to exclude zero. Vectorised through the weights
+    contract: both arms' predictions are stacked (2n rows) and a permutation is a 0/1 weight row picking one of
+    each pair.
     """
     y = np.asarray(y)
     a, b = [np.asarray(p) for p in pred_a_by_seed], [np.asarray(p) for p in pred_b_by_seed]
-    observed = float(_seed_mean_diff(y, a, b, metric_fn))
+    index, n_groups = groups_index(groups, len(y))
+    observed = float(_seed_values(y, a, b, metric_fn).mean())
     y2 = np.concatenate([y, y])
     stacked = [np.concatenate([pa, pb]) for pa, pb in zip(a, b, strict=True)]
     rng = np.random.default_rng(seed)
     extreme = 0
-    for start in range(0, n_perm, BOOT_CHUNK):
-        swap = (rng.random((min(BOOT_CHUNK, n_perm - start), len(y))) < 0.5).astype(float)
-        w_a, w_b = np.hstack([1 - swap, swap]), np.hstack([swap, 1 - swap])
-        diffs = np.mean([np.asarray(metric_fn(y2, p, w_a)) - metric_fn(y2, p, w_b) for p in stacked], axis=0)
-        extreme += int(np.sum(np.abs(diffs) >= abs(observed) - 1e-12))
+    for k in _chunks(n_perm):
+        flips = rng.random((len(stacked), k, n_groups)) < 0.5  # one coin per (seed, group) cell
+        diffs = []
+        for cell_flips, p in zip(flips, stacked, strict=True):
+            swap = cell_flips[:, index].astype(float)  # (k, n)
+            w_a, w_b = np.hstack([1 - swap, swap]), np.hstack([swap, 1 - swap])
+            diffs.append(np.asarray(metric_fn(y2, p, w_a)) - metric_fn(y2, p, w_b))
+        extreme += int(np.sum(np.abs(np.mean(diffs, axis=0)) >= abs(observed) - 1e-12))
     return {"diff": observed, "p_value": (1 + extreme) / (1 + n_perm)}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error), in the input order."""
+    p = np.asarray(p_values, dtype=float)
+    order = np.argsort(p, kind="stable")
+    adjusted = np.maximum.accumulate((len(p) - np.arange(len(p))) * p[order])
+    out = np.empty_like(p)
+    out[order] = np.minimum(adjusted, 1.0)
+    return [float(v) for v in out]
 
 
 def mcnemar(correct_a, correct_b) -> dict[str, float | int | str]:

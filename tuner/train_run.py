@@ -9,8 +9,9 @@ from __future__ import annotations
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from trainables import storage
 from trainables.train_loop import train_worker
-from tuner.config import ExperimentConfig, join_storage
+from tuner.config import ExperimentConfig
 
 
 def make_trainer(
@@ -55,7 +56,7 @@ def run_train(exp: ExperimentConfig, name: str = "train"):
     config = {
         **exp.train.train_config(),
         "prepared": prepared,
-        "tensorboard_dir": join_storage(exp.experiment_dir, name, "tensorboard"),
+        "tensorboard_dir": storage.join(exp.experiment_dir, name, "tensorboard"),
     }
     trainer = make_trainer(config, exp, name, exp.experiment_dir, use_gpu(exp.train.use_gpu))
     return trainer.fit()

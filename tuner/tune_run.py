@@ -33,7 +33,7 @@ from search_spaces import define_by_run, load_space
 from trainables import storage
 from trainables.config import TRAIN_KEYS
 from trainables.errors import UserError
-from tuner.config import OPTUNA_GOOD_FRACTION, ExperimentConfig, is_uri, join_storage
+from tuner.config import OPTUNA_GOOD_FRACTION, ExperimentConfig
 from tuner.train_run import make_trainer
 
 DRIVER_CPU = 0.25  # a trial's driver only waits on its workers
@@ -145,8 +145,8 @@ def trial_driver(config: dict, exp: dict, prepared: str, use_gpu: bool) -> None:
         **config,
         "prepared": prepared,
         "epochs": experiment.tune.max_epochs,
-        "tensorboard_dir": join_storage(tune_dir(experiment), Path(trial_dir).name)
-        if is_uri(experiment.storage)
+        "tensorboard_dir": storage.join(tune_dir(experiment), Path(trial_dir).name)
+        if storage.is_uri(experiment.storage)
         else trial_dir,
     }
     trainer = make_trainer(
@@ -163,11 +163,11 @@ def trial_driver(config: dict, exp: dict, prepared: str, use_gpu: bool) -> None:
 
 
 def tune_dir(exp: ExperimentConfig) -> str:
-    return join_storage(exp.experiment_dir, "tune")
+    return storage.join(exp.experiment_dir, "tune")
 
 
 def runs_dir(exp: ExperimentConfig) -> str:
-    return join_storage(tune_dir(exp), "runs")
+    return storage.join(tune_dir(exp), "runs")
 
 
 def _sampler(exp: ExperimentConfig) -> optuna.samplers.BaseSampler:
@@ -292,7 +292,7 @@ def check_start(exp: ExperimentConfig, resume: bool) -> None:
     exists = tune.Tuner.can_restore(path)
     if resume and not exists:
         raise UserError(f"--resume: no experiment to resume at {path}; run without --resume to start it")
-    if not resume and (exists or (not is_uri(path) and Path(path).exists())):
+    if not resume and (exists or (not storage.is_uri(path) and Path(path).exists())):
         raise UserError(
             f"experiment {exp.name!r} already exists at {exp.experiment_dir}: add --resume to continue it, "
             "or choose another `name:` (nothing was overwritten)"
@@ -301,7 +301,7 @@ def check_start(exp: ExperimentConfig, resume: bool) -> None:
 
 def write_experiment_yaml(exp: ExperimentConfig) -> None:
     text = yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False)
-    storage.write_text(join_storage(exp.experiment_dir, "experiment.yaml"), text)
+    storage.write_text(storage.join(exp.experiment_dir, "experiment.yaml"), text)
 
 
 def run_tune(exp: ExperimentConfig, resume: bool = False):

@@ -108,3 +108,106 @@ def test_counts_and_mean_sd():
     assert n.tolist() == [2, 2, 2] and correct.tolist() == [1, 1, 1]  # last slot: missing site
     assert stats.mean_sd([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
     assert stats.mean_sd([0.5]) == (0.5, 0.0)
+
+
+# -- the two-level design: training runs (seeds) x lesion groups ---------------------------------------------------
+
+
+def _lesions(n_lesions: int = 300, per_lesion: int = 2, k: int = 4, seed: int = 0):
+    """Test labels and lesion ids: ``per_lesion`` images of each lesion share its label."""
+    rng = np.random.default_rng(seed)
+    label = rng.integers(0, k, n_lesions)
+    groups = np.repeat(np.arange(n_lesions), per_lesion)
+    return label[groups], groups
+
+
+def _runs(y, groups, right: float, rng, shift=None, k: int = 4) -> np.ndarray:
+    """One run's labels: lesion-level right/wrong (both images of a lesion together) at rate ``right``; where
+    ``shift`` (a per-lesion bool) holds, a wrong lesion is made right: the arm's effect."""
+    n_lesions = groups.max() + 1
+    ok = rng.random(n_lesions) < right
+    if shift is not None:
+        ok |= shift
+    wrong = (y + rng.integers(1, k, len(y))) % k
+    return np.where(ok[groups], y, wrong)
+
+
+def test_consistent_effect_over_every_seed_and_lesion_is_detected():
+    y, groups = _lesions()
+    rng = np.random.default_rng(1)
+    base = [_runs(y, groups, 0.6, rng) for _ in range(5)]
+    # the same +~5-point effect in every run, spread over all lesions: 12.5 % of the wrong lesions become right
+    better = [np.where(rng.random(groups.max() + 1)[groups] < 0.125, y, b) for b in base]
+    boot = stats.paired_bootstrap(y, better, base, stats.accuracy, n_boot=1000, groups=groups)
+    perm = stats.paired_permutation(y, better, base, stats.accuracy, n_perm=500, groups=groups)
+    assert 0.03 < boot["diff"] < 0.07
+    assert 0.0 < boot["low"] < boot["diff"] < boot["high"] and perm["p_value"] < 0.01
+    text = stats.verdict(boot["diff"], boot["low"], boot["high"], perm["p_value"], metric_name="accuracy")
+    assert text.startswith(f"MTL is better than single-task by {100 * boot['diff']:.1f} points of accuracy")
+
+
+def test_an_effect_in_one_seed_only_is_not_significant():
+    y, groups = _lesions()
+    rng = np.random.default_rng(2)
+    base = [_runs(y, groups, 0.6, rng) for _ in range(5)]
+    # runs 1-4: the arms differ only by noise (each re-draws 5 % of its lesions); run 0: +15 points in arm a
+    other = [np.where(rng.random(groups.max() + 1)[groups] < 0.05, _runs(y, groups, 0.6, rng), b) for b in base]
+    other[0] = np.where(rng.random(groups.max() + 1)[groups] < 0.4, y, base[0])
+    boot = stats.paired_bootstrap(y, other, base, stats.accuracy, n_boot=2000, groups=groups)
+    perm = stats.paired_permutation(y, other, base, stats.accuracy, n_perm=500, groups=groups)
+    fixed = stats.paired_bootstrap(y, other, base, stats.accuracy, n_boot=2000, resample_seeds=False)
+    assert boot["diff"] > 0.02
+    assert fixed["low"] > 0.0  # a fixed-seed image-level bootstrap calls it significant ...
+    assert boot["low"] <= 0.0 < boot["high"]  # ... the two-level interval does not exclude zero
+    text = stats.verdict(boot["diff"], boot["low"], boot["high"], perm["p_value"], metric_name="accuracy")
+    assert not text.startswith("MTL is better") and f"{100 * boot['diff']:+.1f} points" in text
+
+
+def test_copies_of_images_under_the_same_lesion_leave_the_statistics_unchanged():
+    y, groups = _lesions(n_lesions=150, per_lesion=1)
+    rng = np.random.default_rng(3)
+    a = [_runs(y, groups, 0.65, rng) for _ in range(3)]
+    b = [_runs(y, groups, 0.55, rng) for _ in range(3)]
+    copy = lambda x: np.repeat(x, 3, axis=0)  # noqa: E731 - every image three times, lesion id kept
+    for fn in (stats.balanced_accuracy, stats.accuracy):
+        once = stats.paired_bootstrap(y, a, b, fn, n_boot=500, groups=groups)
+        thrice = stats.paired_bootstrap(copy(y), map(copy, a), map(copy, b), fn, n_boot=500, groups=copy(groups))
+        assert thrice == pytest.approx(once, abs=1e-12)
+        p_once = stats.paired_permutation(y, a, b, fn, n_perm=200, groups=groups)
+        p_thrice = stats.paired_permutation(copy(y), map(copy, a), map(copy, b), fn, n_perm=200, groups=copy(groups))
+        assert p_thrice == pytest.approx(p_once, abs=1e-12)
+    # treating the copies as independent images narrows the interval: what grouping protects against
+    naive = stats.paired_bootstrap(copy(y), map(copy, a), map(copy, b), stats.accuracy, n_boot=500)
+    grouped = stats.paired_bootstrap(y, a, b, stats.accuracy, n_boot=500, groups=groups)
+    assert naive["high"] - naive["low"] < 0.8 * (grouped["high"] - grouped["low"])
+
+
+def test_the_two_level_interval_covers_the_new_run_new_lesion_difference():
+    """Coverage on simulated studies whose truth is known: each training run shifts arm a's per-lesion chance of
+    being right by its own draw from N(0.04, 0.03) (seed variance), lesions differ in difficulty, two images per
+    lesion. The estimand, the expected accuracy difference of a new run on new lesions, is 0.04. The two-level
+    95 % interval covers it in most studies; the fixed-seed image-level interval misses it far more often."""
+    rng = np.random.default_rng(11)
+    covered, covered_fixed, studies = 0, 0, 60
+    for _ in range(studies):
+        y, groups = _lesions(n_lesions=200, seed=int(rng.integers(1 << 30)))
+        difficulty = rng.uniform(0.35, 0.75, 200)
+        a, b = [], []
+        for _ in range(5):
+            effect = rng.normal(0.04, 0.03)
+            u = rng.random(200)  # the same lesion draw for both arms: a paired design
+            b.append(np.where((u < difficulty)[groups], y, (y + 1) % 4))
+            a.append(np.where((u < difficulty + effect)[groups], y, (y + 1) % 4))
+        two = stats.paired_bootstrap(y, a, b, stats.accuracy, n_boot=400, groups=groups, seed=int(rng.integers(99)))
+        one = stats.paired_bootstrap(y, a, b, stats.accuracy, n_boot=400, resample_seeds=False)
+        covered += two["low"] <= 0.04 <= two["high"]
+        covered_fixed += one["low"] <= 0.04 <= one["high"]
+    assert covered / studies >= 0.85
+    assert covered_fixed / studies < covered / studies - 0.15
+
+
+def test_holm_adjusts_in_step_down_order():
+    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # 2 x 0.5, capped; never below an earlier step
+    assert stats.holm([0.2, 0.001]) == pytest.approx([0.2, 0.002])
+    assert stats.holm([]) == []
