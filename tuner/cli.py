@@ -112,9 +112,9 @@ def _cmd_tune(args: argparse.Namespace) -> None:
 def _experiment(args: argparse.Namespace):
     """The resolved experiment.yaml of ``--experiment`` under ``--storage`` (a folder or a URI)."""
     from trainables import storage
-    from tuner.config import join_storage, load_experiment, resolve_storage
+    from tuner.config import load_experiment, resolve_storage
 
-    path = join_storage(resolve_storage(args.storage), args.experiment, "experiment.yaml")
+    path = storage.join(resolve_storage(args.storage), args.experiment, "experiment.yaml")
     if not storage.exists(path):
         raise UserError(
             f"{path} not found: no experiment {args.experiment!r} under {args.storage} "

@@ -26,7 +26,7 @@ import ray
 
 from trainables import storage
 from trainables.errors import UserError
-from tuner.config import ExperimentConfig, join_storage
+from tuner.config import ExperimentConfig
 from tuner.results import read_results
 from tuner.tune_run import DRIVER_CPU, max_concurrent, tune_dir
 
@@ -35,7 +35,7 @@ ARMS = ("mtl", "single_task")
 
 def best_params(exp: ExperimentConfig) -> tuple[str, dict]:
     """The best usable trial of ``exp``'s search: ``(trial_id, sampled parameters)``."""
-    path = join_storage(tune_dir(exp), "results.parquet")
+    path = storage.join(tune_dir(exp), "results.parquet")
     if not storage.exists(path):
         raise UserError(f"{path} not found: run `skintune tune --config ...` for experiment {exp.name!r} first")
     table = read_results(tune_dir(exp))
@@ -82,7 +82,7 @@ def _fit_and_evaluate(config: dict, exp_dump: dict, run_dir: str, use_gpu: bool,
 
     exp = ExperimentConfig(**exp_dump)
     started = time.time()
-    config = {**config, "tensorboard_dir": join_storage(run_dir, "tensorboard")}
+    config = {**config, "tensorboard_dir": storage.join(run_dir, "tensorboard")}
     result = make_trainer(config, exp, "run", run_dir, use_gpu).fit()
     if result.error is not None:
         raise RuntimeError(f"retrain {arm} seed {seed} failed: {result.error}")
@@ -90,7 +90,7 @@ def _fit_and_evaluate(config: dict, exp_dump: dict, run_dir: str, use_gpu: bool,
     checkpoint, val = max(result.best_checkpoints, key=lambda cm: sign * cm[1].get(exp.tune.metric, -math.inf))
     with checkpoint.as_directory() as local:  # a local copy when the run is on cloud storage
         test, predictions = evaluate_checkpoint(local, "test")
-    storage.write_parquet(join_storage(run_dir, "predictions.parquet"), predictions)
+    storage.write_parquet(storage.join(run_dir, "predictions.parquet"), predictions)
     metrics = {
         "arm": arm,
         "seed": seed,
@@ -103,7 +103,7 @@ def _fit_and_evaluate(config: dict, exp_dump: dict, run_dir: str, use_gpu: bool,
         "wall_s": time.time() - started,
     }
     # written last, atomically: its presence means "done"
-    storage.write_text(join_storage(run_dir, "metrics.json"), json.dumps(metrics, indent=2))
+    storage.write_text(storage.join(run_dir, "metrics.json"), json.dumps(metrics, indent=2))
     return metrics
 
 
@@ -120,7 +120,7 @@ def run_retrain(
     prepared = ensure_data(exp)
     trial_id, configs = arm_configs(exp, prepared, baseline, baseline_exp)
     seed_list = list(range(seeds or exp.retrain.seeds))
-    root = join_storage(exp.experiment_dir, "retrain")
+    root = storage.join(exp.experiment_dir, "retrain")
     resources = init_ray(min_cpus=math.ceil(exp.train.workers_per_trial * exp.train.cpus_per_worker + DRIVER_CPU))
     gpu = use_gpu(exp.train.use_gpu)
     summary = {
@@ -134,14 +134,14 @@ def run_retrain(
         "baseline_experiment": baseline_exp.name if baseline_exp else None,
         "workers_per_run": exp.train.workers_per_trial,
     }
-    storage.write_text(join_storage(root, "summary.json"), json.dumps(summary, indent=2, default=str))
+    storage.write_text(storage.join(root, "summary.json"), json.dumps(summary, indent=2, default=str))
 
     task = ray.remote(_fit_and_evaluate).options(num_cpus=DRIVER_CPU)
     todo, rows = [], []
     for seed in seed_list:
         for arm in ARMS:
-            run_dir = join_storage(root, arm, f"seed_{seed}")
-            done = join_storage(run_dir, "metrics.json")
+            run_dir = storage.join(root, arm, f"seed_{seed}")
+            done = storage.join(run_dir, "metrics.json")
             if storage.exists(done):
                 rows.append(json.loads(storage.read_text(done)))
             else:
