@@ -134,8 +134,10 @@ class LocalHead:
 @pytest.fixture(scope="session")
 def ray_head():
     """The session's one Ray cluster (see LocalHead); the environment points Ray clients at it and its token."""
-    # Ray workers must import test modules that define worker functions; token auth on, token in the temp dir.
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    # Token auth on, token in the temp dir. The head gets no PYTHONPATH or other help a user's cluster lacks: it
+    # finds skintune as installed in its environment (`make` installs the project into .venv, as cluster.yaml's
+    # `pip install` does on the nodes), and jobs find it in their uploaded working directory.
+    os.environ.pop("PYTHONPATH", None)
     os.environ["RAY_AUTH_MODE"] = "token"
     head = LocalHead()
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(head.token_path)
@@ -159,7 +161,15 @@ def ray_cluster(ray_head):
     ray.init(
         address=ray_head.gcs,
         # Train's placement-group cleaner must find this cluster (see tuner/ray_runtime.py)
-        runtime_env={"env_vars": {"RAY_ADDRESS": ray_head.gcs, "PYTHONWARNINGS": "ignore::DeprecationWarning"}},
+        # PYTHONPATH for this driver's workers only (not the head's, not submitted jobs'): tests pass worker
+        # functions defined in test modules (e.g. test_train_loop._ddp_probe), which workers import by name
+        runtime_env={
+            "env_vars": {
+                "RAY_ADDRESS": ray_head.gcs,
+                "PYTHONWARNINGS": "ignore::DeprecationWarning",
+                "PYTHONPATH": str(ROOT),
+            }
+        },
         logging_level=logging.WARNING,
         log_to_driver=False,
     )

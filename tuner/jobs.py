@@ -20,10 +20,19 @@ from trainables.errors import UserError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# never shipped to the cluster: environments, results, data, caches, VCS
-EXCLUDES = [".venv", ".git", "results", "data", "*.pt", "*.safetensors", "**/__pycache__", ".pytest_cache"]
-EXCLUDES += [".ruff_cache", "benchmarks/results", "benchmarks/.cache"]
+# Never shipped to the cluster: environments, results, data, caches, VCS. Ray reads these as .gitignore lines, where
+# a pattern without a slash matches at any depth ("data" would drop the trainables/data package): folders are
+# anchored to the project root with a leading "/"; only the file-type patterns match anywhere.
+EXCLUDES = ["/.venv", "/.git", "/results", "/data", "/.pytest_cache", "/.ruff_cache", "/.mypy_cache"]
+EXCLUDES += ["/benchmarks/results", "/benchmarks/.cache", "__pycache__/", "*.pt", "*.safetensors"]
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def upload_root() -> Path:
+    """A job's working directory: this project when skintune runs from its source checkout (the job then runs
+    exactly this code, shadowing the copy installed on the nodes), else (a regular ``pip install``) the current
+    folder, for the experiment files that the command names; the nodes' installed skintune runs then."""
+    return PROJECT_ROOT if (PROJECT_ROOT / "pyproject.toml").is_file() else Path.cwd()
 
 
 def default_address() -> str:
@@ -100,11 +109,11 @@ def check_command(command: list[str]) -> None:
 
 
 def submit(address: str, command: list[str], env: dict | None = None, working_dir: bool = True) -> str:
-    """Submit ``skintune <command>`` with this project as the job's working_dir; return the submission id."""
+    """Submit ``skintune <command>`` with :func:`upload_root` as the job's working_dir; return the submission id."""
     check_command(command)
     runtime_env: dict = {"env_vars": {"PYTHONUNBUFFERED": "1", **(env or {})}}
     if working_dir:
-        runtime_env.update(working_dir=str(PROJECT_ROOT), excludes=EXCLUDES)
+        runtime_env.update(working_dir=str(upload_root()), excludes=EXCLUDES)
     entrypoint = "python -m tuner.cli " + shlex.join(command)
     jobs = client(address)
     try:

@@ -147,7 +147,7 @@ def no_ray(monkeypatch):
 
 def run_cli(*argv: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     """``python -m tuner.cli ARGV`` in a subprocess: the real exit code and stderr."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = dict(os.environ)  # skintune is installed (make's `pip install -e`): no PYTHONPATH, as for a user
     env["RAY_ADDRESS"] = "127.0.0.1:1"  # belt and braces: a stray ray.init would fail, never join a cluster
     return subprocess.run(
         [sys.executable, "-m", "tuner.cli", *argv], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
