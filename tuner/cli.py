@@ -91,7 +91,8 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     from tuner.config import load_experiment
 
     exp = load_experiment(args.config, storage=args.storage)  # bad input is refused before torch/Ray load
-    from tuner.tune_run import run_tune, tune_dir
+    from tuner.layout import tune_dir
+    from tuner.tune_run import run_tune
 
     _, table = run_tune(exp, resume=args.resume)
     counts = table["status"].value_counts().to_dict()

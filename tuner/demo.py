@@ -23,7 +23,8 @@ def _stage(n: int, total: int, text: str) -> float:
 
 
 def _tune(exp: ExperimentConfig) -> None:
-    from tuner.tune_run import run_tune, tune_dir
+    from tuner.layout import tune_dir
+    from tuner.tune_run import run_tune
 
     if Path(tune_dir(exp), "results.parquet").exists():
         print("tune: finished earlier; kept")

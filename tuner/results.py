@@ -52,7 +52,8 @@ def trial_row(result, exp: ExperimentConfig) -> dict:
     return row
 
 
-def results_table(grid, exp: ExperimentConfig) -> pd.DataFrame:
+def trials_table(grid, exp: ExperimentConfig) -> pd.DataFrame:
+    """One row per trial of the search's ResultGrid (:func:`trial_row`), best objective first."""
     rows = [trial_row(grid[i], exp) for i in range(len(grid))]
     table = pd.DataFrame(rows)
     ascending = exp.tune.mode == "min"

@@ -27,13 +27,13 @@ import ray
 from trainables import storage
 from trainables.errors import UserError
 from tuner.config import ExperimentConfig
+from tuner.layout import DRIVER_CPU, max_concurrent, min_cluster_cpus, retrain_dir, tune_dir
 from tuner.results import read_results
-from tuner.tune_run import DRIVER_CPU, max_concurrent, tune_dir
 
 ARMS = ("mtl", "single_task")
 
 
-def best_params(exp: ExperimentConfig) -> tuple[str, dict]:
+def best_trial(exp: ExperimentConfig) -> tuple[str, dict]:
     """The best usable trial of ``exp``'s search: ``(trial_id, sampled parameters)``."""
     path = storage.join(tune_dir(exp), "results.parquet")
     if not storage.exists(path):
@@ -57,12 +57,12 @@ def _plain(value):
 
 
 def arm_configs(exp: ExperimentConfig, prepared: str, baseline: str, baseline_exp: ExperimentConfig | None):
-    trial_id, params = best_params(exp)
+    trial_id, params = best_trial(exp)
     mtl = {**exp.train.train_config(), **params, "prepared": prepared, "epochs": exp.tune.max_epochs}
     if baseline == "tuned":
         if baseline_exp is None:
             raise UserError("--baseline tuned needs --baseline-experiment NAME (a search run with single_task.yaml)")
-        _, single_params = best_params(baseline_exp)
+        _, single_params = best_trial(baseline_exp)
         single = {
             **baseline_exp.train.train_config(),
             **single_params,
@@ -120,8 +120,8 @@ def run_retrain(
     prepared = ensure_data(exp)
     trial_id, configs = arm_configs(exp, prepared, baseline, baseline_exp)
     seed_list = list(range(seeds or exp.retrain.seeds))
-    root = storage.join(exp.experiment_dir, "retrain")
-    resources = init_ray(min_cpus=math.ceil(exp.train.workers_per_trial * exp.train.cpus_per_worker + DRIVER_CPU))
+    root = retrain_dir(exp)
+    resources = init_ray(min_cpus=min_cluster_cpus(exp))
     gpu = use_gpu(exp.train.use_gpu)
     summary = {
         "baseline_kind": baseline,

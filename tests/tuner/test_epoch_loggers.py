@@ -6,7 +6,7 @@ import csv
 import os
 from types import SimpleNamespace
 
-from tuner.tune_run import EpochReportCallback, LoggedEpochs, epoch_loggers
+from tuner.tune_callbacks import EpochReportCallback, LoggedEpochs, epoch_loggers
 
 
 class _Trial:

@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tuner.tune_run import runs_dir, tune_dir
+from tuner.layout import runs_dir, tune_dir
 
 pytestmark = pytest.mark.ray
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from trainables.errors import UserError
+from tuner.layout import tune_dir
 from tuner.results import write_results
-from tuner.retrain import arm_configs, best_params
-from tuner.tune_run import tune_dir
+from tuner.retrain import arm_configs, best_trial
 
 
 def _write_table(exp, rows: list[dict]) -> None:
@@ -40,7 +40,7 @@ def test_best_usable_trial_and_both_baselines(make_experiment):
             _row("d", "error", math.nan, lr_head=2e-3, w_site=0.1, lesion_loss="ce", focal_gamma=math.nan),
         ],
     )
-    trial, params = best_params(mtl)
+    trial, params = best_trial(mtl)
     assert trial == "c" and params == {"lr_head": 3e-3, "w_site": 1.5, "lesion_loss": "focal", "focal_gamma": 2.0}
 
     _, ablation = arm_configs(mtl, "/prepared", "ablation", None)
@@ -61,7 +61,7 @@ def test_best_usable_trial_and_both_baselines(make_experiment):
 def test_nothing_to_retrain_is_a_clear_error(make_experiment):
     exp = make_experiment("empty")
     with pytest.raises(UserError, match="run `skintune tune"):
-        best_params(exp)
+        best_trial(exp)
     _write_table(exp, [_row("x", "error", math.nan, lr_head=1e-3)])
     with pytest.raises(UserError, match="no trial finished"):
-        best_params(exp)
+        best_trial(exp)

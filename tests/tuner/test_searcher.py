@@ -7,7 +7,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search_spaces import define_by_run, load_space
-from tuner.tune_run import EarlyStopAwareOptunaSearch
+from tuner.searcher import EarlyStopAwareOptunaSearch
 
 
 def _search(max_epochs: int = 4) -> EarlyStopAwareOptunaSearch:
@@ -59,15 +59,15 @@ def test_tpe_good_share_comes_from_the_experiment_and_survives_pickling() -> Non
     import warnings
 
     from tuner.config import ExperimentConfig
-    from tuner.tune_run import _sampler
+    from tuner.searcher import make_sampler
 
     def experiment(**tune) -> ExperimentConfig:
         return ExperimentConfig(name="x", data={"format": "isic2019", "root": "/data"}, tune=tune)
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Optuna's deprecation of gamma is skintune's to handle, not the user's
-        wide = pickle.loads(pickle.dumps(_sampler(experiment(tpe_good_fraction=0.25))))
-        default = _sampler(experiment())
+        wide = pickle.loads(pickle.dumps(make_sampler(experiment(tpe_good_fraction=0.25))))
+        default = make_sampler(experiment())
     assert [wide._gamma(n) for n in (4, 8, 12, 40, 400)] == [1, 2, 3, 10, 25]
     assert default._gamma is None  # Optuna's own gamma, untouched
 
@@ -75,7 +75,7 @@ def test_tpe_good_share_comes_from_the_experiment_and_survives_pickling() -> Non
 def test_epoch_budget_ends_the_search_at_its_trial_epochs() -> None:
     """tune.max_trial_epochs: the stopper Tune consults after every result ends the whole search once the trials'
     epochs add up to the budget; a restored trial reporting its last epoch again is not counted twice."""
-    from tuner.tune_run import EpochBudget
+    from tuner.searcher import EpochBudget
 
     budget = EpochBudget(6)
     for trial, epochs in (("a", 3), ("b", 1)):

@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 from trainables.errors import UserError
+from tuner.layout import tune_dir
 from tuner.tensorboard_server import command
-from tuner.tune_run import check_start, run_tune, tune_dir
+from tuner.tune_run import check_start, run_tune
 
 pytestmark = pytest.mark.ray
 

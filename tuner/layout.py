@@ -1,0 +1,54 @@
+"""Where an experiment's outputs live and how many of its runs the cluster holds at once.
+
+Layout under ``<storage>/<experiment>/`` (a folder or a URI)::
+
+    experiment.yaml          the resolved experiment config (tuner/tune_run.py)
+    prepared/                the prepared data, unless ``data.prepared`` names another place (tuner/data_step.py)
+    tune/                    Tune's experiment dir; tune/<trial>/ holds Tune's and the workers' TensorBoard events
+    tune/runs/<trial_id>/    each trial's Ray Train run: checkpoints (best ``keep_checkpoints`` by the objective)
+    tune/results.parquet|csv one row per trial (tuner/results.py)
+    retrain/                 the retrained arms x seeds (tuner/retrain.py)
+    report/                  the comparison report (tuner/report/)
+"""
+
+from __future__ import annotations
+
+import math
+
+from trainables import storage
+from tuner.config import ExperimentConfig
+
+DRIVER_CPU = 0.25  # a trial's (or a retrain run's) driver only waits on its workers
+
+
+def tune_dir(exp: ExperimentConfig) -> str:
+    return storage.join(exp.experiment_dir, "tune")
+
+
+def runs_dir(exp: ExperimentConfig) -> str:
+    return storage.join(tune_dir(exp), "runs")
+
+
+def retrain_dir(exp: ExperimentConfig) -> str:
+    return storage.join(exp.experiment_dir, "retrain")
+
+
+def run_cpus(exp: ExperimentConfig) -> float:
+    """The CPUs one run takes: its workers plus its driver's fraction."""
+    return exp.train.workers_per_trial * exp.train.cpus_per_worker + DRIVER_CPU
+
+
+def min_cluster_cpus(exp: ExperimentConfig) -> int:
+    """The fewest CPUs a cluster needs to run one trial (or retrain run) at all."""
+    return math.ceil(run_cpus(exp))
+
+
+def max_concurrent(exp: ExperimentConfig, resources: dict, use_gpu: bool) -> int:
+    """How many trials the cluster holds at once: each needs its workers plus a driver fraction."""
+    if exp.tune.max_concurrent_trials:
+        return exp.tune.max_concurrent_trials
+    t = exp.train
+    fits = [resources.get("CPU", 1) // run_cpus(exp)]
+    if use_gpu:
+        fits.append(resources.get("GPU", 0) // t.workers_per_trial)
+    return max(1, int(min(fits)))
