@@ -91,6 +91,13 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     from tuner.config import load_experiment
 
     exp = load_experiment(args.config, storage=args.storage)  # bad input is refused before torch/Ray load
+    if args.cluster and not args.dry_run:
+        raise UserError("--cluster FILE only plans (--dry-run); a search runs on the cluster it is submitted to")
+    if args.dry_run:
+        from tuner.plan import plan
+
+        print("\n".join(plan(exp, str(args.config), resume=args.resume, cluster=args.cluster)))
+        return
     from tuner.layout import tune_dir
     from tuner.tune_run import run_tune
 
@@ -286,12 +293,25 @@ def _add_tune(sub) -> None:
         "overwritten: continue it with --resume.",
         epilog="examples:\n  skintune tune --config experiments/demo.yaml\n"
         "  skintune tune --config experiments/smoke.yaml --storage /tmp/results\n"
-        "  skintune tune --config experiments/demo.yaml --resume      # after a crash or Ctrl-C",
+        "  skintune tune --config experiments/demo.yaml --resume      # after a crash or Ctrl-C\n"
+        "  skintune tune --config experiments/isic2019.yaml --dry-run --cluster cluster.yaml   # the plan only",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, type=Path, help="experiment YAML (see experiments/)")
     p.add_argument("--storage", default=None, help="results folder or URI (overrides the YAML's storage)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the experiment and its search space and print the plan (trials, epochs, budget, resources, "
+        "concurrency, where results go); starts nothing, prepares nothing",
+    )
+    p.add_argument(
+        "--cluster",
+        metavar="FILE",
+        default=None,
+        help="with --dry-run: count concurrency on this cluster-launcher YAML at its largest, not on this machine",
+    )
     p.set_defaults(handler=_cmd_tune)
 
 

@@ -30,7 +30,7 @@ FORMATS: dict[str, Callable[..., RawTable]] = {
     "csv": read_csv,
 }
 
-__all__ = ["FORMATS", "option_names", "read_dataset"]
+__all__ = ["FORMATS", "check_format", "option_names", "read_dataset"]
 
 
 def option_names(fmt: str) -> list[str]:
@@ -39,8 +39,8 @@ def option_names(fmt: str) -> list[str]:
     return [p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY]
 
 
-def read_dataset(fmt: str, root: str | Path, options: dict | None = None) -> RawTable:
-    """Read the dataset at ``root`` in format ``fmt`` with the adapter's keyword ``options``; validate it."""
+def check_format(fmt: str, options: dict | None = None) -> None:
+    """Refuse an unknown format or option name (what ``read_dataset`` checks before it reads anything)."""
     if fmt not in FORMATS:
         close = difflib.get_close_matches(str(fmt), list(FORMATS), n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
@@ -56,6 +56,12 @@ def read_dataset(fmt: str, root: str | Path, options: dict | None = None) -> Raw
             f"format {fmt!r}: unknown option(s) {', '.join(map(repr, unknown))}; "
             f"valid options: {', '.join(valid) or 'none'}"
         )
+
+
+def read_dataset(fmt: str, root: str | Path, options: dict | None = None) -> RawTable:
+    """Read the dataset at ``root`` in format ``fmt`` with the adapter's keyword ``options``; validate it."""
+    check_format(fmt, options)
+    options = dict(options or {})
     root = Path(root).expanduser().absolute()
     if not root.is_dir():
         what = "is not a folder" if root.exists() else "not found"
