@@ -23,13 +23,14 @@ Format (keys of ``params`` are training-config keys, sampled in file order)::
   e.g. a per-backbone learning-rate scale. Optuna's study records the base value, Tune's config the scaled.
 
 Every problem is collected and raised together as one :class:`SearchSpaceError` (a ``UserError``).
-``load_space("mtl")`` loads a shipped space; ``define_by_run(space)`` gives ``OptunaSearch(space=...)``.
+``load_space("mtl")`` loads a shipped space; ``define_by_run(space)`` gives ``OptunaSearch(space=...)``;
+``space.single_task()`` is the space of an experiment's tuned single-task baseline (``compare: {baseline: tuned}``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,26 @@ class SearchSpace:
 
     def fixed(self) -> list[str]:
         return [p.name for p in self.params if p.role == "fixed"]
+
+    def single_task(self) -> SearchSpace:
+        """The single-task baseline's space, derived from this one so that both searches tune the same nuisance
+        parameters over the same ranges: every ``scientific`` parameter removed, with every parameter whose
+        ``when`` names a removed one (and ``scale_by`` entries naming one: factor 1), and ``multitask`` fixed to
+        false (in its place, or first when this space does not set it)."""
+        single = Param(name="multitask", type="fixed", role="fixed", value=False)
+        removed: set[str] = set()
+        params: list[Param] = []
+        for p in self.params:
+            if p.name == "multitask":
+                params.append(single)
+            elif p.role == "scientific" or any(c in removed for c, _ in p.when):
+                removed.add(p.name)
+            else:
+                scale_by = tuple(s for s in p.scale_by if s[0] not in removed)
+                params.append(p if scale_by == p.scale_by else replace(p, scale_by=scale_by))
+        if single not in params:
+            params.insert(0, single)
+        return SearchSpace(name=f"{self.name}:single_task", path=self.path, params=tuple(params))
 
     def _resolve(self, pick: Callable[[Param], Any], scaled: bool = True, with_fixed: bool = True) -> dict:
         base: dict[str, Any] = {}  # what Optuna sees; conditions are evaluated on it

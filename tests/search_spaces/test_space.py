@@ -226,3 +226,35 @@ def test_samples_are_valid_train_configs(name: str) -> None:
     space = load_space(name, known_keys=TRAIN_KEYS)
     for sample in [space.defaults(), *run_study(space, n=5)[1]]:
         parse_train_config(sample, source=name)
+
+
+def test_single_task_space_is_mtl_minus_its_scientific_parameters() -> None:
+    mtl = load_space("mtl", known_keys=KNOWN_KEYS)
+    derived = mtl.single_task()
+    # the shipped single-task space was written by hand as exactly this: the same nuisance space, no site task
+    by_hand = load_space("single_task", known_keys=KNOWN_KEYS)
+    assert {p.name: p for p in derived.params} == {p.name: p for p in by_hand.params}
+    assert derived.scientific() == [] and derived.nuisance() == mtl.nuisance()
+    assert derived.defaults()["multitask"] is False and "w_site" not in derived.defaults()
+    _, samples = run_study(derived, n=8)
+    assert all(s["multitask"] is False and not {"w_site", "loss_weighting"} & set(s) for s in samples)
+    assert mtl.params == load_space("mtl").params  # the experiment's own space is left as it was
+
+
+def test_single_task_space_drops_what_depends_on_a_scientific_parameter(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "params:\n"
+        "  weighting: {type: categorical, choices: [fixed, learned], role: scientific}\n"
+        "  backbone: {type: categorical, choices: [a, b], role: nuisance}\n"
+        "  w_site: {type: float, low: 0.0, high: 2.0, role: nuisance, when: {weighting: fixed}}\n"
+        "  lr_head: {type: float, low: 1.0e-4, high: 1.0e-2, log: true, role: nuisance,\n"
+        "            scale_by: {weighting: {learned: 3.0}, backbone: {b: 10.0}}}\n"
+    )
+    space = load_space(path)
+    derived = space.single_task()
+    assert [p.name for p in derived.params] == ["multitask", "backbone", "lr_head"]  # multitask first: not set
+    lr = derived.params[-1]
+    assert lr.scale_by == (("backbone", (("b", 10.0),)),) and lr.factor({"backbone": "b"}) == 10.0
+    assert derived.defaults() == {"multitask": False, "backbone": "a", "lr_head": pytest.approx(1e-3)}
+    assert derived.warm_start() == {"backbone": "a", "lr_head": pytest.approx(1e-3)}
