@@ -183,8 +183,11 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from tuner.demo import run_demo
+    from tuner.demo import demo_plan, run_demo
 
+    if args.dry_run:
+        print("\n".join(demo_plan(args.storage, smoke=args.smoke)))
+        return
     run_demo(args.storage, smoke=args.smoke)
 
 
@@ -415,6 +418,9 @@ def _add_demo(sub) -> None:
     )
     p.add_argument("--storage", default="results", help="results folder (default ./results)")
     p.add_argument("--smoke", action="store_true", help="the tiny configuration used by the tests")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print the demo experiment's plan and where it is; run nothing"
+    )
     p.set_defaults(handler=_cmd_demo)
 
 

@@ -3,18 +3,37 @@
 synth -> prepare -> tune -> retrain -> compare -> export, with ``experiments/demo.yaml`` (or
 ``experiments/smoke.yaml`` with ``--smoke``). Every stage is resumable and skips what is already done, so an
 interrupted demo continues where it stopped when run again.
+
+The two experiment files are package data (``tuner/experiments/``, links to the top-level ``experiments/`` files
+in the source tree, real files in a wheel), so ``skintune demo`` finds them from a regular install too.
 """
 
 from __future__ import annotations
 
 import time
+from importlib import resources
 from pathlib import Path
 
 from ray import tune
 
+from tuner import commands
 from tuner.config import ExperimentConfig, load_experiment
 
-EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+DEMO_FILES = ("demo.yaml", "smoke.yaml")
+
+
+def experiment_file(smoke: bool = False) -> Path:
+    """The shipped demo (or smoke) experiment YAML, from the installed package."""
+    path = resources.files("tuner") / "experiments" / ("smoke.yaml" if smoke else "demo.yaml")
+    return Path(str(path))  # a folder on disk: the package is installed unzipped (setuptools wheels always are)
+
+
+def demo_plan(storage: str | None, smoke: bool = False) -> list[str]:
+    """``skintune demo --dry-run``: the demo experiment's plan (as ``tune --dry-run`` prints it); runs nothing."""
+    from tuner.plan import plan
+
+    path = experiment_file(smoke)
+    return plan(load_experiment(path, storage=storage), str(path))
 
 
 def _stage(n: int, total: int, text: str) -> float:
@@ -40,7 +59,7 @@ def run_demo(storage: str | None, smoke: bool = False) -> dict:
     from tuner.retrain import run_retrain
 
     started = time.perf_counter()
-    exp = load_experiment(EXPERIMENTS / ("smoke.yaml" if smoke else "demo.yaml"), storage=storage)
+    exp = load_experiment(experiment_file(smoke), storage=storage)
     total = 5
     _stage(1, total, f"synthesise {exp.data.synth.n} images and prepare shards ({exp.data.root})")
     ensure_data(exp)
@@ -53,6 +72,7 @@ def run_demo(storage: str | None, smoke: bool = False) -> dict:
     _tune(exp)
     _stage(3, total, f"retrain the best configuration and the single-task baseline, {exp.retrain.seeds} seeds")
     run_retrain(exp)
+    commands.record(exp.experiment_dir, ["demo", *(["--smoke"] if smoke else []), "--storage", exp.storage])
     _stage(4, total, "compare: paired statistics and the report")
     report = build_report(exp.experiment_dir)
     _stage(5, total, "export the best model")
