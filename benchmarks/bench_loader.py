@@ -65,7 +65,9 @@ def _throughput(dataset: Dataset, workers: int, epochs: int) -> float:
 
 def _transforms() -> dict:
     aug = Augment()
-    plain = reference_pipeline(SIZE, aug.crop_scale_min, aug.hflip, aug.rotation, aug.strength)
+    plain = reference_pipeline(
+        size=SIZE, crop_scale_min=aug.crop_scale_min, flips=aug.flips, rotation=aug.rotation, strength=aug.strength
+    )
     return {
         "train_aug": build_transforms(SIZE, (0.5,) * 3, (0.5,) * 3, train=True),
         "no_aug": build_transforms(SIZE, (0.5,) * 3, (0.5,) * 3, train=False),

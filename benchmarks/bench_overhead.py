@@ -38,7 +38,9 @@ def plain_epochs(cfg: TrainConfig, epochs: int) -> list[float]:
     info = load_info(cfg.prepared)
     norm = data_config(cfg.backbone)
     size = info["prepare_options"]["image_size"]
-    augment = Augment(cfg.aug_strength, cfg.crop_scale_min, cfg.hflip, cfg.rotation)
+    augment = Augment(
+        strength=cfg.aug_strength, crop_scale_min=cfg.crop_scale_min, flips=cfg.hflip, rotation=cfg.rotation
+    )
     data = ShardDataset(cfg.prepared, "train", build_transforms(size, norm["mean"], norm["std"], True, augment))
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=True)
     model = build_model(cfg.backbone, cfg.pretrained, len(info["lesion_classes"]), len(info["site_classes"]), 0.2)

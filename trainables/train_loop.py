@@ -74,7 +74,9 @@ def _loaders(
     batches are decoded and transformed on that device (:class:`DeviceDecoded`), not in the loader workers."""
     norm = data_config(cfg.backbone)
     size = cfg.image_size or info["prepare_options"]["image_size"]
-    augment = Augment(cfg.aug_strength, cfg.crop_scale_min, cfg.hflip, cfg.rotation)
+    augment = Augment(
+        strength=cfg.aug_strength, crop_scale_min=cfg.crop_scale_min, flips=cfg.hflip, rotation=cfg.rotation
+    )
     train_tf = build_transforms(size, norm["mean"], norm["std"], True, augment)
     val_tf = build_transforms(size, norm["mean"], norm["std"], False)
     encoded = decode_on is not None

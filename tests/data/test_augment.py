@@ -23,7 +23,8 @@ FLIP_X = torch.diag(torch.tensor([-1.0, 1.0, 1.0], dtype=torch.float64))
 
 
 def _warped(image: torch.Tensor, maps: list[torch.Tensor]) -> torch.Tensor:
-    out = TrainAugment(SIZE, 0.6, True, 180.0, 0.5).warp_batch(image.float()[None], [maps])[0]
+    aug = TrainAugment(size=SIZE, crop_scale_min=0.6, flips=True, rotation=180.0, strength=0.5)
+    out = aug.warp_batch(image.float()[None], [maps])[0]
     return out.round().to(torch.uint8)
 
 
@@ -74,7 +75,7 @@ def test_sharpness_matches_torchvision():
 def test_colour_jitter_draws_as_torchvision():
     """Same seed, same draws: on a step-free image (no geometry) the jitter equals v2.ColorJitter's."""
     image = torch.rand(3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
-    fast = TrainAugment(SIZE, 0.6, True, 180.0, 0.8)
+    fast = TrainAugment(size=SIZE, crop_scale_min=0.6, flips=True, rotation=180.0, strength=0.8)
     torch.manual_seed(3)
     mine = fast.jitter_batch(image[None], [fast.jitter_params()])[0]
     torch.manual_seed(3)
@@ -89,8 +90,8 @@ def test_same_seed_gives_nearly_the_torchvision_pipeline_s_image(strength):
     base = torch.nn.functional.interpolate(torch.rand(1, 3, 6, 8, generator=gen), size=(SIZE + 8, 52), mode="bilinear")
     image = (base[0] * 200 + 30).to(torch.uint8)
     fast, reference = (
-        TrainAugment(SIZE, 0.6, True, 180.0, strength),
-        reference_pipeline(SIZE, 0.6, True, 180.0, strength),
+        TrainAugment(size=SIZE, crop_scale_min=0.6, flips=True, rotation=180.0, strength=strength),
+        reference_pipeline(size=SIZE, crop_scale_min=0.6, flips=True, rotation=180.0, strength=strength),
     )
     differences = []
     for seed in range(100):
@@ -115,7 +116,15 @@ def test_batch_equals_the_per_image_transform(strength):
     g = torch.Generator().manual_seed(1)
     sizes = torch.randint(36, 64, (96, 2), generator=g).tolist()
     images = [torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8) for h, w in sizes]
-    aug = TrainAugment(32, 0.35, True, 20.0, strength, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    aug = TrainAugment(
+        size=32,
+        crop_scale_min=0.35,
+        flips=True,
+        rotation=20.0,
+        strength=strength,
+        mean=(0.5, 0.4, 0.3),
+        std=(0.2, 0.25, 0.3),
+    )
     torch.manual_seed(0)
     expected = torch.stack([aug(image) for image in images])
     torch.manual_seed(0)
@@ -141,7 +150,7 @@ def test_batched_crop_is_torchvision_s_resize_but_at_the_edges():
         low = torch.rand(1, 3, h // 6, w // 6, generator=g) * 255
         return torch.nn.functional.interpolate(low, size=(h, w), mode="bicubic").clamp(0, 255).round()[0].byte()
 
-    aug = TrainAugment(32, 0.35, True, 20.0, 0.5)
+    aug = TrainAugment(size=32, crop_scale_min=0.35, flips=True, rotation=20.0, strength=0.5)
     for shapes, interior, mean in (([(32, 32)], 1.0, 0.4), ([(32, 40), (40, 32), (48, 48)], 6.0, 1.0)):
         images = [smooth(*shapes[k % len(shapes)]) for k in range(24)]
         crops = [aug.crop.make_params([image]) for image in images]

@@ -150,7 +150,7 @@ class TrainAugment:
     """
 
     def __init__(
-        self, size: int, crop_scale_min: float, flips: bool, rotation: float, strength: float, mean=None, std=None
+        self, *, size: int, crop_scale_min: float, flips: bool, rotation: float, strength: float, mean=None, std=None
     ):
         self.size, self.flips, self.rotation, self.strength = size, flips, rotation, strength
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
@@ -317,7 +317,9 @@ class TrainAugment:
         return x
 
 
-def reference_pipeline(size: int, crop_scale_min: float, flips: bool, rotation: float, strength: float) -> v2.Compose:
+def reference_pipeline(
+    *, size: int, crop_scale_min: float, flips: bool, rotation: float, strength: float
+) -> v2.Compose:
     """The plain torchvision pipeline that :class:`TrainAugment` reproduces (for tests and benchmarks)."""
     steps: list = [v2.RandomResizedCrop(size, scale=(crop_scale_min, 1.0), antialias=True)]
     if flips:
