@@ -23,28 +23,22 @@ from torch.utils.data import DataLoader
 
 from benchmarks.common import write_result
 from trainables.config import TrainConfig
-from trainables.data.loader import Augment, ShardDataset, build_transforms
+from trainables.data.loader import ShardDataset
 from trainables.data.prepare import PrepareOptions, load_info, prepare
 from trainables.data.synthetic import generate
-from trainables.model import build_model, param_groups
-from trainables.pretrained import data_config
-from trainables.train_loop import make_loss, train_worker
+from trainables.factory import build_parts
+from trainables.model import param_groups
+from trainables.train_loop import train_worker
 
 
 def plain_epochs(cfg: TrainConfig, epochs: int) -> list[float]:
     """The same work as one Train worker, without Ray: seconds per training epoch."""
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
-    info = load_info(cfg.prepared)
-    norm = data_config(cfg.backbone)
-    size = info["prepare_options"]["image_size"]
-    augment = Augment(
-        strength=cfg.aug_strength, crop_scale_min=cfg.crop_scale_min, flips=cfg.hflip, rotation=cfg.rotation
-    )
-    data = ShardDataset(cfg.prepared, "train", build_transforms(size, norm["mean"], norm["std"], True, augment))
+    parts = build_parts(cfg, load_info(cfg.prepared), pretrained_weights=True, with_loss=True)
+    data = ShardDataset(cfg.prepared, "train", parts.train_transform())
     loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=True)
-    model = build_model(cfg.backbone, cfg.pretrained, len(info["lesion_classes"]), len(info["site_classes"]), 0.2)
-    loss_fn = make_loss(cfg, info)
+    model, loss_fn = parts.model, parts.loss
     optimizer = torch.optim.AdamW(param_groups(model, cfg.lr_backbone, cfg.lr_head, cfg.weight_decay))
     times = []
     for _ in range(epochs):

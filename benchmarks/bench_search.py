@@ -57,7 +57,7 @@ import ray
 import yaml
 
 from benchmarks.common import synthetic, timed, write_result
-from trainables.test_eval import evaluate_checkpoint
+from trainables.evaluate import evaluate_checkpoint
 from tuner.config import ExperimentConfig
 from tuner.tune_run import run_tune
 

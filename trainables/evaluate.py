@@ -1,8 +1,12 @@
-"""Evaluate a two-head model on a whole split, exactly, across DDP ranks.
+"""Evaluate a two-head model on a whole split, exactly, across DDP ranks; and a saved checkpoint on a split.
 
 Each rank predicts a disjoint slice of the split (rank, rank + world, ...: no padding, no duplicates), the
 per-image predictions are gathered on every rank, and the metrics are computed once over the whole split with
 scikit-learn. Ratios are never averaged per rank.
+
+:func:`evaluate_checkpoint` runs after retraining (on the held-out test split) and returns the per-image
+predictions with the metrics, so that the report's paired statistics work on the very predictions the metrics
+came from.
 """
 
 from __future__ import annotations
@@ -10,10 +14,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from trainables import storage
+from trainables.checkpoint import load_meta, load_train_state, load_weights
+from trainables.config import parse_train_config
+from trainables.data.loader import ShardDataset
+from trainables.data.prepare import load_info
+from trainables.factory import build_parts
 from trainables.metrics import confusion_matrix, lesion_metrics, site_metrics
 
 
@@ -87,3 +98,27 @@ def split_metrics(pred: Predictions, lesion_classes: list[str], prefix: str) -> 
         metrics.update(site_metrics(pred.site, pred.site_probs))
     cm = confusion_matrix(pred.lesion, pred.lesion_probs.argmax(1), len(lesion_classes))
     return {f"{prefix}/{k}": float(v) for k, v in metrics.items()}, cm
+
+
+def evaluate_checkpoint(checkpoint_dir: str, split: str = "test", batch_size: int = 64) -> tuple[dict, pd.DataFrame]:
+    """``(metrics named <split>/..., predictions)`` of the checkpoint on ``split``, on the CPU."""
+    meta = load_meta(checkpoint_dir)
+    cfg = parse_train_config(meta["config"], source=f"{checkpoint_dir}/meta.json")
+    prepared = storage.local_dir(cfg.prepared)
+    info = load_info(prepared)
+    parts = build_parts(cfg, info, with_loss=True)
+    load_weights(checkpoint_dir, parts.model)
+    parts.loss.load_state_dict(load_train_state(checkpoint_dir)["loss"])  # learned task weights, as trained
+    dataset = ShardDataset(prepared, split, parts.eval_transform)
+    pred = predict(parts.model, DataLoader(dataset, batch_size=batch_size), parts.loss, torch.device("cpu"))
+    metrics, _ = split_metrics(pred, info["lesion_classes"], split)
+    frame = pd.DataFrame(
+        {
+            "image_id": [dataset.image_ids[i] for i in pred.index],
+            "lesion": pred.lesion,
+            "site": pred.site,
+            "lesion_probs": list(pred.lesion_probs.astype("float32")),
+            "site_probs": list(pred.site_probs.astype("float32")) if pred.site_probs is not None else None,
+        }
+    )
+    return metrics, frame

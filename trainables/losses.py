@@ -1,20 +1,24 @@
 """Training losses: lesion loss (CE, class-weighted CE, focal), masked site loss, and their combination.
 
-``build_loss`` is the factory. ``MultiTaskLoss.forward`` returns ``{"loss", "loss_lesion", "loss_site"}``
-(tensors; the trainer logs them as ``train/loss`` ...). With ``weighting="uncertainty"`` the loss owns two
-learnable log-variances: the trainer must hand ``loss.parameters()`` to the optimiser, in the head group
-(``model.param_groups(..., extra_head_params=loss.parameters())``).
+``build_loss`` is the factory, ``make_loss`` the same from a run's ``TrainConfig``. ``MultiTaskLoss.forward``
+returns ``{"loss", "loss_lesion", "loss_site"}`` (tensors; the trainer logs them as ``train/loss`` ...). With
+``weighting="uncertainty"`` the loss owns two learnable log-variances: the trainer must hand ``loss.parameters()``
+to the optimiser, in the head group (``model.param_groups(..., extra_head_params=loss.parameters())``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainables.errors import UserError
+
+if TYPE_CHECKING:
+    from trainables.config import TrainConfig
 
 LESION_LOSSES = ("ce", "weighted_ce", "focal")
 WEIGHTINGS = ("fixed", "uncertainty")
@@ -154,3 +158,19 @@ def build_loss(
     weight = class_weights if kind == "weighted_ce" else None
     lesion = LesionLoss(kind, weight=weight, label_smoothing=label_smoothing, gamma=focal_gamma)
     return MultiTaskLoss(lesion, multitask=multitask, weighting=weighting, w_lesion=w_lesion, w_site=w_site)
+
+
+def make_loss(cfg: TrainConfig, info: Mapping) -> MultiTaskLoss:
+    """The run's loss from its config; class weights come from the training split's counts in ``info``
+    (the prepared ``dataset.json``)."""
+    counts = list(info["counts"]["train"]["lesion"].values())
+    return build_loss(
+        kind=cfg.lesion_loss,
+        multitask=cfg.multitask,
+        w_lesion=cfg.w_lesion,
+        w_site=cfg.w_site,
+        weighting=cfg.loss_weighting,
+        focal_gamma=cfg.focal_gamma,
+        label_smoothing=cfg.label_smoothing,
+        class_weights=class_weights(counts) if cfg.lesion_loss == "weighted_ce" else None,
+    )

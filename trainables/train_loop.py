@@ -29,12 +29,11 @@ from torch.utils.data.distributed import DistributedSampler
 from trainables import storage
 from trainables.checkpoint import load_meta, load_train_state, load_weights, save_checkpoint, unwrap
 from trainables.config import TrainConfig, parse_train_config
-from trainables.data.loader import Augment, DeviceDecoded, ShardDataset, build_transforms, collate_encoded
+from trainables.data.loader import DeviceDecoded, ShardDataset, collate_encoded
 from trainables.data.prepare import load_info
 from trainables.evaluate import predict, rank_slice, split_metrics
-from trainables.losses import build_loss, class_weights
-from trainables.model import build_model, param_groups
-from trainables.pretrained import data_config
+from trainables.factory import ModelParts, build_parts
+from trainables.model import param_groups
 from trainables.tensorboard import confusion_figure, drop_stale_events, log_config, log_hparams, open_writer
 
 DIVERGED_LOSS = 1.0e6  # what a diverged run reports for its losses: finite, and worse than any real run
@@ -68,17 +67,12 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 
 
 def _loaders(
-    cfg: TrainConfig, prepared: str, info: dict, rank: int, world: int, on_gpu: bool, decode_on=None
+    cfg: TrainConfig, prepared: str, parts: ModelParts, rank: int, world: int, on_gpu: bool, decode_on=None
 ) -> tuple[DataLoader, DataLoader]:
-    """The train and val loaders of this rank. With ``decode_on`` (a device: ``train.gpu_decode`` on a GPU) their
-    batches are decoded and transformed on that device (:class:`DeviceDecoded`), not in the loader workers."""
-    norm = data_config(cfg.backbone)
-    size = cfg.image_size or info["prepare_options"]["image_size"]
-    augment = Augment(
-        strength=cfg.aug_strength, crop_scale_min=cfg.crop_scale_min, flips=cfg.hflip, rotation=cfg.rotation
-    )
-    train_tf = build_transforms(size, norm["mean"], norm["std"], True, augment)
-    val_tf = build_transforms(size, norm["mean"], norm["std"], False)
+    """The train and val loaders of this rank, with the transforms of ``parts``. With ``decode_on`` (a device:
+    ``train.gpu_decode`` on a GPU) their batches are decoded and transformed on that device
+    (:class:`DeviceDecoded`), not in the loader workers."""
+    train_tf, val_tf = parts.train_transform(), parts.eval_transform
     encoded = decode_on is not None
     train_set = ShardDataset(prepared, "train", None if encoded else train_tf, limit=cfg.limit_train, encoded=encoded)
     val_set = ShardDataset(prepared, "val", None if encoded else val_tf, encoded=encoded)
@@ -104,21 +98,6 @@ def _loaders(
     return prepare_data_loader(train, add_dist_sampler=False), val
 
 
-def make_loss(cfg: TrainConfig, info: dict) -> torch.nn.Module:
-    """The run's loss from its config; class weights come from the training split's counts."""
-    counts = list(info["counts"]["train"]["lesion"].values())
-    return build_loss(
-        kind=cfg.lesion_loss,
-        multitask=cfg.multitask,
-        w_lesion=cfg.w_lesion,
-        w_site=cfg.w_site,
-        weighting=cfg.loss_weighting,
-        focal_gamma=cfg.focal_gamma,
-        label_smoothing=cfg.label_smoothing,
-        class_weights=class_weights(counts) if cfg.lesion_loss == "weighted_ce" else None,
-    )
-
-
 def setup(cfg: TrainConfig, rank: int, world: int) -> Run:
     random.seed(cfg.seed + rank)
     np.random.seed(cfg.seed + rank)
@@ -127,15 +106,8 @@ def setup(cfg: TrainConfig, rank: int, world: int) -> Run:
     on_gpu = device.type == "cuda"
     prepared = storage.local_dir(cfg.prepared)  # a node-local copy when the shards are on cloud storage
     info = load_info(prepared)
-    n_sites = len(info["site_classes"]) if cfg.multitask else 0
-    model = build_model(
-        cfg.backbone,
-        cfg.pretrained,
-        len(info["lesion_classes"]),
-        n_sites,
-        cfg.dropout,
-        weights_file=cfg.weights_file,
-    )
+    parts = build_parts(cfg, info, pretrained_weights=True, with_loss=True)
+    model = parts.model
     weights_source = model.weights_source
     if on_gpu and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -143,13 +115,13 @@ def setup(cfg: TrainConfig, rank: int, world: int) -> Run:
     if cfg.compile:
         model = torch.compile(model)
     torch.manual_seed(cfg.seed + rank)  # augmentation randomness differs per rank
-    loss_fn = make_loss(cfg, info).to(device)
+    loss_fn = parts.loss.to(device)
     groups = param_groups(unwrap(model), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay)
     if any(True for _ in loss_fn.parameters()):  # learned uncertainty weights train with the heads
         groups.append({"params": list(loss_fn.parameters()), "lr": cfg.lr_head, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups)
     decode_on = device if (on_gpu and cfg.gpu_decode) else None
-    train_loader, val_loader = _loaders(cfg, prepared, info, rank, world, on_gpu, decode_on)
+    train_loader, val_loader = _loaders(cfg, prepared, parts, rank, world, on_gpu, decode_on)
     steps = max(1, len(train_loader))
     schedule = functools.partial(
         lr_factor, warmup_steps=round(cfg.warmup_epochs * steps), total_steps=cfg.epochs * steps

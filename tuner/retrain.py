@@ -77,7 +77,7 @@ def arm_configs(exp: ExperimentConfig, prepared: str, baseline: str, baseline_ex
 
 def _fit_and_evaluate(config: dict, exp_dump: dict, run_dir: str, use_gpu: bool, arm: str, seed: int) -> dict:
     """One retrain run (a Ray task on the driver's node): fit, pick the best epoch, evaluate on test."""
-    from trainables.test_eval import evaluate_checkpoint
+    from trainables.evaluate import evaluate_checkpoint
     from tuner.train_run import make_trainer
 
     exp = ExperimentConfig(**exp_dump)
