@@ -7,16 +7,20 @@ CLI::
 Reads ``<storage>/<name>/retrain/mtl/seed_<k>/metrics.json`` (written by ``skintune retrain``), picks the seed
 with the best validation objective (``tune.metric`` / ``tune.mode`` of ``experiment.yaml``, default
 ``val/lesion_bacc``, max; ties go to the lowest seed) or the named one, and writes into ``DIR`` (default
-``<storage>/<name>/export``)::
+``<storage>/<name>/export``) the files of :mod:`tuner.bundle`, the bundle's contract::
 
     model.safetensors     the weights (no pickle)
     model.torchscript.pt  the same network traced on CPU in eval mode (verified against eager at export time)
-    config.json           architecture, image size, preprocessing, normalisation, provenance
-    labels.json           {"lesion": [...], "site": [...]}, index order of the heads
+    config.json           architecture, image size, preprocessing, normalisation, provenance (BundleConfig)
+    labels.json           {"lesion": [...], "site": [...]}, index order of the heads (BundleLabels)
     metrics.json          the chosen seed's val/test metrics, test mean ± sd over seeds, 95 % bootstrap CIs
                           over test images, per-site accuracies, report/ci.json when compare wrote one
                           (see :mod:`tuner.export_metrics`)
     MODEL_CARD.md         see :mod:`tuner.model_card`
+
+``experiment.yaml`` is read with :func:`tuner.config.load_experiment` and the checkpoint's training config with
+:func:`trainables.config.parse_train_config`, so their defaults are the typed configs' own; the network is
+rebuilt by :func:`trainables.factory.build_parts`, as training built it.
 
 The bundle is written to a temporary sibling folder and renamed into place; an existing ``--out DIR`` is only
 replaced when it is empty or a previous skintune export (the default folder always: it is the experiment's own, so
@@ -35,48 +39,39 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from safetensors.torch import save_model
 
 from trainables.checkpoint import load_meta, load_weights
+from trainables.config import TrainConfig, parse_train_config
 from trainables.errors import UserError
-from trainables.model import MultiTaskNet, build_model
-from trainables.pretrained import data_config
+from trainables.factory import build_parts
+from trainables.model import MultiTaskNet
+from tuner.bundle import CARD, CONFIG, LABELS, METRICS, TORCHSCRIPT, WEIGHTS, BundleConfig, BundleLabels, is_bundle
+from tuner.config import ExperimentConfig, TuneSection, load_experiment
 from tuner.export_metrics import build_metrics
 from tuner.model_card import render_model_card
 
-EXPORT_FORMAT = "skintune-export"
-FORMAT_VERSION = 1
-WEIGHTS, TORCHSCRIPT, CONFIG, LABELS = (
-    "model.safetensors",
-    "model.torchscript.pt",
-    "config.json",
-    "labels.json",
-)
-METRICS, CARD = "metrics.json", "MODEL_CARD.md"
-BUNDLE_FILES = (WEIGHTS, TORCHSCRIPT, CONFIG, LABELS, METRICS, CARD)
 TRACE_TOLERANCE = 1e-5
 
 
 def export_model(experiment_dir: str, out: str | None = None, seed: int | None = None, n_boot: int = 1000) -> Path:
     """Write the bundle of the best (or the named) MTL retrain seed into ``out``; return its path."""
     exp_dir = _local(experiment_dir)
-    experiment = _read_yaml(exp_dir / "experiment.yaml")
-    tune = experiment.get("tune") or {}
-    metric, mode = tune.get("metric", "val/lesion_bacc"), tune.get("mode", "max")
     runs = find_seeds(exp_dir)
+    experiment = _read_experiment(exp_dir)
+    tune = experiment.tune if experiment else TuneSection()  # no experiment.yaml: the default objective
+    metric, mode = tune.metric, tune.mode
     chosen = choose_seed(runs, metric, mode, seed)
     run = runs[chosen]
     ckpt = _checkpoint_dir(exp_dir, chosen, run)
     meta = load_meta(ckpt)
-    info = _dataset_info(exp_dir, experiment, meta)
-    model, config = _load_model(ckpt, meta, info)
-    config.update(experiment=experiment.get("name", exp_dir.name), seed=chosen, checkpoint=str(ckpt))
-    labels = {
-        "lesion": list(meta["lesion_classes"]),
-        "site": list(meta["site_classes"]) if model.multitask else [],
-    }
-    metrics = build_metrics(exp_dir, runs, chosen, labels, n_boot)
+    cfg = parse_train_config(meta.get("config") or {}, source=f"{ckpt}/meta.json")
+    info = _dataset_info(exp_dir, experiment, cfg)
+    model, config = _load_model(ckpt, meta, cfg, info)
+    name = experiment.name if experiment else exp_dir.name
+    config = config.model_copy(update={"experiment": name, "seed": chosen, "checkpoint": str(ckpt)})
+    labels = BundleLabels(lesion=meta["lesion_classes"], site=meta["site_classes"] if model.multitask else [])
+    metrics = build_metrics(exp_dir, runs, chosen, labels.model_dump(), n_boot)
     metrics["selected_by"] = {"metric": metric, "mode": mode, "value": run["val"].get(metric), "named": seed}
 
     target = Path(out).expanduser() if out else exp_dir / "export"
@@ -89,8 +84,8 @@ def export_model(experiment_dir: str, out: str | None = None, seed: int | None =
     try:
         save_model(model, str(tmp / WEIGHTS))
         os.chmod(tmp / WEIGHTS, 0o644)  # safetensors writes 0600; a bundle is meant to be shared
-        trace_to(model, config["image_size"], tmp / TORCHSCRIPT)
-        for name, data in ((CONFIG, config), (LABELS, labels), (METRICS, metrics)):
+        trace_to(model, config.image_size, tmp / TORCHSCRIPT)
+        for name, data in ((CONFIG, config.model_dump()), (LABELS, labels.model_dump()), (METRICS, metrics)):
             (tmp / name).write_text(json.dumps(data, indent=2, default=_json_default) + "\n")
         (tmp / CARD).write_text(render_model_card(config, labels, metrics, info, experiment))
         _swap_into_place(tmp, target)
@@ -146,47 +141,37 @@ def trace_to(model: MultiTaskNet, image_size: int, path: Path) -> None:
         raise RuntimeError(f"traced model differs from eager by {diff:.2e} (> {TRACE_TOLERANCE}); not exported")
 
 
-def _load_model(ckpt: Path, meta: dict, info: dict | None) -> tuple[MultiTaskNet, dict]:
-    cfg = meta.get("config", {})
-    backbone = cfg.get("backbone", "tf_efficientnet_lite0")
-    multitask = bool(cfg.get("multitask", True)) and bool(meta.get("site_classes"))
-    prep = (info or {}).get("prepare_options", {})
-    image_size = cfg.get("image_size") or prep.get("image_size")
-    if not image_size:
-        raise UserError(f"{ckpt}: image_size is not set and no dataset.json was found to take it from")
-    n_site = len(meta["site_classes"]) if multitask else 0
-    model = build_model(backbone, False, len(meta["lesion_classes"]), n_site, float(cfg.get("dropout", 0.0)))
-    load_weights(ckpt, model)
-    norm = data_config(backbone)
-    config = {
-        "format": EXPORT_FORMAT,
-        "format_version": FORMAT_VERSION,
-        "architecture": "MultiTaskNet",
-        "backbone": backbone,
-        "multitask": multitask,
-        "num_lesion_classes": len(meta["lesion_classes"]),
-        "num_site_classes": n_site,
-        "dropout": float(cfg.get("dropout", 0.0)),
-        "image_size": int(image_size),
-        "resize_size": int(prep.get("image_size") or image_size),
-        "jpeg_quality": int(prep.get("quality") or 90),
-        "mean": list(norm["mean"]),
-        "std": list(norm["std"]),
-        "preprocessing": "upright RGB; shorter side -> resize_size (bicubic); JPEG at jpeg_quality (as "
-        "prepare); shorter side -> image_size (bilinear, antialias); center crop image_size; /255; "
-        "(x - mean) / std",
-        "outputs": "(lesion_logits [B, num_lesion_classes], site_logits [B, num_site_classes]); softmax each",
-        "weights_source": meta.get("weights_source"),
-        "dataset_fingerprint": meta.get("dataset_fingerprint"),
-        "train_config": cfg,
-        "torch_version": torch.__version__,
-    }
-    return model.eval(), config
+def _load_model(ckpt: Path, meta: dict, cfg: TrainConfig, info: dict | None) -> tuple[MultiTaskNet, BundleConfig]:
+    """The checkpoint's network (eval mode) and the bundle's config.json; the class lists are the checkpoint's,
+    the prepared image size and JPEG quality those of ``info`` (the dataset.json, when found)."""
+    prep = (info or {}).get("prepare_options") or {}
+    classes = {"lesion_classes": meta["lesion_classes"], "site_classes": meta["site_classes"]}
+    try:
+        parts = build_parts(cfg, {**(info or {}), **classes})
+    except UserError as exc:
+        raise UserError(f"{ckpt}: {exc}") from None
+    load_weights(ckpt, parts.model)
+    config = BundleConfig(
+        backbone=cfg.backbone,
+        multitask=parts.model.multitask,
+        num_lesion_classes=len(meta["lesion_classes"]),
+        num_site_classes=len(meta["site_classes"]) if parts.model.multitask else 0,
+        dropout=cfg.dropout,
+        image_size=parts.image_size,
+        resize_size=int(prep.get("image_size") or parts.image_size),
+        jpeg_quality=int(prep.get("quality") or 90),
+        mean=list(parts.mean),
+        std=list(parts.std),
+        weights_source=meta.get("weights_source"),
+        dataset_fingerprint=meta.get("dataset_fingerprint"),
+        train_config=cfg.model_dump(),
+        torch_version=torch.__version__,
+    )
+    return parts.model.eval(), config
 
 
-def _dataset_info(exp_dir: Path, experiment: dict, meta: dict) -> dict | None:
-    data = experiment.get("data") or {}
-    candidates = [data.get("prepared"), exp_dir / "prepared", (meta.get("config") or {}).get("prepared")]
+def _dataset_info(exp_dir: Path, experiment: ExperimentConfig | None, cfg: TrainConfig) -> dict | None:
+    candidates = [experiment.data.prepared if experiment else None, exp_dir / "prepared", cfg.prepared]
     for folder in candidates:
         if folder and (Path(folder).expanduser() / "dataset.json").is_file():
             return json.loads((Path(folder).expanduser() / "dataset.json").read_text())
@@ -202,20 +187,13 @@ def _checkpoint_dir(exp_dir: Path, seed: int, run: dict) -> Path:
     raise UserError(f"{seed_dir}: checkpoint {named or seed_dir / 'checkpoint'} is missing; rerun retrain")
 
 
-def is_export(path: Path) -> bool:
-    try:
-        return json.loads((path / CONFIG).read_text()).get("format") == EXPORT_FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def _check_target(target: Path, named: bool = True) -> None:
     """A folder the user ``named`` (--out) is replaced only when it is empty or a skintune export; the default
     ``<experiment>/export`` is skintune's own, so a bundle damaged there (e.g. its config.json deleted) is
     replaced too."""
     if target.exists() and not target.is_dir():
         raise UserError(f"{target} is a file; --out needs a folder")
-    if named and target.is_dir() and any(target.iterdir()) and not is_export(target):
+    if named and target.is_dir() and any(target.iterdir()) and not is_bundle(target):
         raise UserError(f"{target} is not empty and not a skintune export; pick an empty or new --out folder")
 
 
@@ -236,13 +214,10 @@ def _local(experiment_dir: str | Path) -> Path:
     return path
 
 
-def _read_yaml(path: Path) -> dict:
-    if not path.exists():
-        return {}
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: not valid YAML ({exc})") from None
+def _read_experiment(exp_dir: Path) -> ExperimentConfig | None:
+    """The experiment's ``experiment.yaml`` (as ``skintune tune`` wrote it), typed; None where there is none."""
+    path = exp_dir / "experiment.yaml"
+    return load_experiment(path) if path.is_file() else None
 
 
 def _json_default(value):

@@ -1,44 +1,58 @@
 """``MODEL_CARD.md`` of an export bundle: intended use, model, data, metrics, limitations, pretrained weights.
 
 Written by ``skintune export --experiment NAME`` (see :mod:`tuner.export`); :func:`render_model_card` is pure
-(dicts in, Markdown out), so the card can be re-rendered from a bundle's JSON files.
+(the bundle's typed config and labels, metrics.json, dataset.json and the experiment config in, Markdown out), so
+the card can be re-rendered from a bundle's JSON files.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from trainables.pretrained import HUB, RANDOM_INIT
+
+if TYPE_CHECKING:
+    from tuner.bundle import BundleConfig, BundleLabels
+    from tuner.config import DataSection, ExperimentConfig
 
 DERMOSCOPY_FORMATS = {"isic2019", "isic2020", "ham10000", "derm7pt", "synthetic"}
 SPLITS = ("train", "val", "test")
 HEADLINE = ("lesion_bacc", "lesion_auc", "lesion_acc", "site_acc", "site_bacc")
 
 
-def render_model_card(config: dict, labels: dict, metrics: dict, info: dict | None, experiment: dict) -> str:
-    """The card as Markdown; ``info`` is the dataset.json (``None`` when it was not found)."""
-    name = config.get("experiment", "skintune")
+def render_model_card(
+    config: BundleConfig,
+    labels: BundleLabels,
+    metrics: dict,
+    info: dict | None,
+    experiment: ExperimentConfig | None,
+) -> str:
+    """The card as Markdown; ``info`` is the dataset.json and ``experiment`` the experiment's config (each
+    ``None`` when it was not found)."""
+    data = experiment.data if experiment else None
     parts = [
-        f"# Model card: {name}\n",
+        f"# Model card: {config.experiment or 'skintune'}\n",
         "Multi-task skin-lesion classifier exported by `skintune export` "
-        f"(retrain seed {config.get('seed')}). Backbone `{config['backbone']}`, "
-        f"{config['image_size']} px input, "
-        f"{len(labels['lesion'])} lesion classes"
-        + (f" and {len(labels['site'])} body sites." if labels["site"] else " (no body-site head)."),
+        f"(retrain seed {config.seed}). Backbone `{config.backbone}`, "
+        f"{config.image_size} px input, "
+        f"{len(labels.lesion)} lesion classes"
+        + (f" and {len(labels.site)} body sites." if labels.site else " (no body-site head)."),
         _intended_use(labels),
         _model(config),
-        _data(info, experiment),
+        _data(info, data),
         _metrics(metrics, labels),
-        _limitations(config, labels, info, experiment),
+        _limitations(labels, info, data),
         _weights(config),
     ]
     return "\n".join(parts).rstrip() + "\n"
 
 
-def _intended_use(labels: dict) -> str:
-    site = " and the body site" if labels["site"] else ""
+def _intended_use(labels: BundleLabels) -> str:
+    site = " and the body site" if labels.site else ""
     return f"""
 ## Intended use
 - **Research and clinical decision support only.** For one skin-lesion image the model suggests
-  probabilities over {", ".join(f"`{c}`" for c in labels["lesion"])}{site}, to be read by a trained
+  probabilities over {", ".join(f"`{c}`" for c in labels.lesion)}{site}, to be read by a trained
   clinician together with the history, the whole patient and, where indicated, histopathology.
 - **Not a diagnostic device.** It has no regulatory clearance (FDA, CE/MDR or other); it must not be used to
   diagnose, to rule out melanoma or other skin cancer, or to triage patients without clinical review.
@@ -46,24 +60,23 @@ def _intended_use(labels: dict) -> str:
   with one of its classes, also for images that show no lesion at all."""
 
 
-def _model(config: dict) -> str:
-    heads = "lesion head + site head" if config["multitask"] else "lesion head"
+def _model(config: BundleConfig) -> str:
+    heads = "lesion head + site head" if config.multitask else "lesion head"
     return f"""
 ## Model
 | | |
 |---|---|
-| Architecture | timm `{config["backbone"]}` → dropout {config["dropout"]} → {heads} |
-| Input | RGB, shorter side {config["resize_size"]} px then center crop {config["image_size"]} px |
-| Normalisation | mean {_fmt_list(config["mean"])}, std {_fmt_list(config["std"])} |
+| Architecture | timm `{config.backbone}` → dropout {config.dropout} → {heads} |
+| Input | RGB, shorter side {config.resize_size} px then center crop {config.image_size} px |
+| Normalisation | mean {_fmt_list(config.mean)}, std {_fmt_list(config.std)} |
 | Files | `model.safetensors` (weights), `model.torchscript.pt` (traced, CPU), `config.json`, `labels.json` |
-| Dataset fingerprint | `{config.get("dataset_fingerprint")}` |
+| Dataset fingerprint | `{config.dataset_fingerprint}` |
 
 Run it with `skintune predict --model DIR IMAGE...`; preprocessing there is the validation preprocessing."""
 
 
-def _data(info: dict | None, experiment: dict) -> str:
-    data = experiment.get("data") or {}
-    fmt = data.get("format", "unknown")
+def _data(info: dict | None, data: DataSection | None) -> str:
+    fmt = data.format if data else "unknown"
     lines = [
         "\n## Data",
         f"- Format: `{fmt}`" + (" (synthetic images from `skintune synth`)" if _synthetic(data) else ""),
@@ -86,7 +99,7 @@ def _data(info: dict | None, experiment: dict) -> str:
     return "\n".join(lines)
 
 
-def _metrics(metrics: dict, labels: dict) -> str:
+def _metrics(metrics: dict, labels: BundleLabels) -> str:
     over = metrics.get("over_seeds", {}).get("metrics", {})
     seeds = metrics.get("over_seeds", {}).get("seeds", [])
     boot = (metrics.get("bootstrap") or {}).get("metrics", {})
@@ -111,7 +124,7 @@ def _metrics(metrics: dict, labels: dict) -> str:
             lines.append(_tr(short, _f(metrics.get("test", {}).get(key)), ci_text, _ms(over.get(key))))
     lines += ["\nPer-class recall (sensitivity):\n", _tr("class", "exported seed", "mean ± sd over seeds")]
     lines.append(_tr(*["---"] * 3))
-    for c in labels["lesion"]:
+    for c in labels.lesion:
         key = f"test/recall/{c}"
         lines.append(_tr(c, _f(metrics.get("test", {}).get(key)), _ms(over.get(key))))
     if metrics.get("per_site"):
@@ -132,9 +145,8 @@ def _metrics(metrics: dict, labels: dict) -> str:
     return "\n".join(lines)
 
 
-def _limitations(config: dict, labels: dict, info: dict | None, experiment: dict) -> str:
-    data = experiment.get("data") or {}
-    fmt = data.get("format", "")
+def _limitations(labels: BundleLabels, info: dict | None, data: DataSection | None) -> str:
+    fmt = data.format if data else ""
     items = []
     if _synthetic(data):
         items.append(
@@ -155,7 +167,7 @@ def _limitations(config: dict, labels: dict, info: dict | None, experiment: dict
         items.append(
             f"**Image modality.** Trained on `{fmt}` images only; other devices or modalities are out of distribution."
         )
-    if fmt == "isic2019" or {"anterior torso", "posterior torso"} <= set(labels["site"]):
+    if fmt == "isic2019" or {"anterior torso", "posterior torso"} <= set(labels.site):
         items.append(
             "**Torso labels (ISIC 2019).** The split of the torso into anterior / posterior / lateral is "
             "recorded differently by the contributing archives (HAM10000, BCN_20000, MSK), so site labels "
@@ -168,15 +180,15 @@ def _limitations(config: dict, labels: dict, info: dict | None, experiment: dict
             "site; those were left out of the site loss and site metrics."
         )
     items.append(
-        f"**Closed vocabulary.** Only the {len(labels['lesion'])} listed diagnoses; the class frequencies of "
+        f"**Closed vocabulary.** Only the {len(labels.lesion)} listed diagnoses; the class frequencies of "
         "the training data (not of a clinic's population) shape the probabilities, so they are not "
         "calibrated risks."
     )
     return "\n## Limitations\n" + "\n".join(f"- {item}" for item in items)
 
 
-def _weights(config: dict) -> str:
-    source = config.get("weights_source") or "unknown"
+def _weights(config: BundleConfig) -> str:
+    source = config.weights_source or "unknown"
     if source == RANDOM_INIT:
         what = "none, the backbone was trained from random initialisation"
     elif source == HUB:
@@ -190,8 +202,8 @@ def _weights(config: dict) -> str:
     return f"\n## Pretrained weights\n- Backbone initialisation: {what} (recorded as `{source}`).\n"
 
 
-def _synthetic(data: dict) -> bool:
-    return data.get("format") == "synthetic" or bool(data.get("synth"))
+def _synthetic(data: DataSection | None) -> bool:
+    return data is not None and (data.format == "synthetic" or data.synth is not None)
 
 
 def _tr(*cells) -> str:

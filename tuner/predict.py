@@ -13,8 +13,9 @@ Preprocessing is the validation preprocessing, step for step: ``prepare_image`` 
 to the prepared size, JPEG at the prepared quality, exactly as ``skintune prepare`` stored the validation
 images), ``decode_jpeg`` as the loader does, then ``build_transforms(image_size, mean, std, train=False)``.
 
-Safety: ``config.json`` and ``labels.json`` are JSON; the safetensors backend builds the architecture and
-reads raw tensors (no pickle anywhere); the TorchScript backend uses ``torch.jit.load``, whose restricted
+The bundle's files and their typed contents are :mod:`tuner.bundle`'s. Safety: ``config.json`` and ``labels.json``
+are JSON; the safetensors backend builds the architecture (:func:`trainables.factory.build_parts`, as training
+did) and reads raw tensors (no pickle anywhere); the TorchScript backend uses ``torch.jit.load``, whose restricted
 loader resolves only TorchScript types, and any failure to load becomes a :class:`UserError`.
 """
 
@@ -35,19 +36,15 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from trainables.data.images import BadImage, prepare_image
 from trainables.data.loader import build_transforms
 from trainables.errors import UserError
-from trainables.model import build_model
-
-EXPORT_FORMAT = "skintune-export"  # tuner.export.EXPORT_FORMAT; not imported, predict needs no export code
-WEIGHTS, TORCHSCRIPT = "model.safetensors", "model.torchscript.pt"
-CONFIG, LABELS = "config.json", "labels.json"
-BACKENDS = {"safetensors": WEIGHTS, "torchscript": TORCHSCRIPT}
+from trainables.factory import build_parts
+from tuner.bundle import BACKENDS, CONFIG, LABELS, BundleConfig, BundleLabels, first_line, read_bundle_files
 
 
 @dataclass
 class Bundle:
     directory: Path
     backend: str
-    config: dict
+    config: BundleConfig
     lesion_classes: list[str]
     site_classes: list[str]
     model: Callable = field(repr=False)
@@ -59,7 +56,7 @@ class Bundle:
         if not path.is_file():
             raise UserError(f"{path}: no such image file")
         try:
-            data = prepare_image(path, self.config["resize_size"], self.config["jpeg_quality"])
+            data = prepare_image(path, self.config.resize_size, self.config.jpeg_quality)
         except BadImage as exc:
             raise UserError(f"{path}: {exc}; predict needs a readable JPEG/PNG/TIFF/BMP image") from None
         image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
@@ -76,32 +73,23 @@ def load_bundle(directory: str | Path, backend: str = "safetensors") -> Bundle:
     missing = [n for n in (CONFIG, LABELS, BACKENDS[backend]) if not (directory / n).is_file()]
     if missing:
         raise UserError(f"{directory} is not a complete skintune export: {', '.join(missing)} missing")
-    config, labels = _read_json(directory / CONFIG), _read_json(directory / LABELS)
-    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
-        raise UserError(f"{directory / CONFIG}: not a skintune export config (no format {EXPORT_FORMAT!r})")
-    try:
-        lesion, site = list(labels["lesion"]), list(labels.get("site") or [])
-        size = int(config["image_size"])
-        config.setdefault("resize_size", size)
-        config.setdefault("jpeg_quality", 90)
-        transform = build_transforms(size, config["mean"], config["std"], train=False)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserError(f"{directory}: config.json/labels.json lack a field ({exc}); re-export the model") from None
+    config, labels = read_bundle_files(directory)
+    # the preprocessing the bundle records (not the backbone's current timm defaults): the exported contract
+    transform = build_transforms(config.image_size, config.mean, config.std, train=False)
     path = directory / BACKENDS[backend]
-    model = _load_eager(path, config, lesion, site) if backend == "safetensors" else _load_torchscript(path)
-    return Bundle(directory, backend, config, lesion, site, model, transform)
+    model = _load_eager(path, config, labels) if backend == "safetensors" else _load_torchscript(path)
+    return Bundle(directory, backend, config, labels.lesion, labels.site, model, transform)
 
 
-def _load_eager(path: Path, config: dict, lesion: list[str], site: list[str]) -> torch.nn.Module:
-    n_site = len(site) if config.get("multitask", True) else 0
-    model = build_model(config["backbone"], False, len(lesion), n_site, float(config.get("dropout", 0.0)))
+def _load_eager(path: Path, config: BundleConfig, labels: BundleLabels) -> torch.nn.Module:
+    model = build_parts(config.train_config_of_network(), labels.dataset_info()).model
     try:
         missing, unexpected = load_model(model, str(path), strict=False, device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise UserError(f"{path}: not a readable safetensors file ({_first_line(exc)}); re-export") from None
+        raise UserError(f"{path}: not a readable safetensors file ({first_line(exc)}); re-export") from None
     if missing or unexpected:
         raise UserError(
-            f"{path}: weights do not fit {config['backbone']} (missing {sorted(missing)[:3]}, "
+            f"{path}: weights do not fit {config.backbone} (missing {sorted(missing)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]}); re-export the model"
         )
     return model.eval()
@@ -113,7 +101,7 @@ def _load_torchscript(path: Path) -> torch.jit.ScriptModule:
             warnings.filterwarnings("ignore", message=r"`torch\.jit", category=FutureWarning)
             model = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:  # not a TorchScript archive, tampered, truncated: all refused the same way
-        raise UserError(f"{path}: refused to load as TorchScript ({_first_line(exc)}); re-export") from None
+        raise UserError(f"{path}: refused to load as TorchScript ({first_line(exc)}); re-export") from None
     return model.eval()
 
 
@@ -207,15 +195,3 @@ def run_predict(
     else:
         print(format_predictions(rows))
     return rows
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: not readable JSON ({_first_line(exc)}); re-export the model") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

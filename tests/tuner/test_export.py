@@ -18,13 +18,15 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from trainables.checkpoint import save_checkpoint
+from trainables.config import TrainConfig, parse_train_config
 from trainables.data.images import prepare_image
 from trainables.data.loader import ShardDataset, build_transforms
 from trainables.errors import UserError
 from trainables.metrics import lesion_metrics, site_metrics
 from trainables.model import build_model
 from trainables.pretrained import data_config
-from tuner.export import BUNDLE_FILES, export_model
+from tuner.bundle import BUNDLE_FILES
+from tuner.export import export_model
 from tuner.export_metrics import bootstrap_ci
 from tuner.predict import load_bundle, predict_images, run_predict, write_predictions
 
@@ -318,3 +320,58 @@ def test_export_before_retrain(tmp_path):
     with pytest.raises(UserError, match=r"no retrained model under .*skintune retrain --experiment fresh"):
         export_model(str(exp), str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+def test_export_takes_defaults_from_the_typed_configs(tmp_path):
+    """A setting the checkpoint's config leaves out is TrainConfig's default (dropout 0.2), not export's own; a
+    typo in experiment.yaml is refused the way `skintune tune` refuses it."""
+    exp = make_layout(tmp_path, ci=False)
+    meta_path = exp / "retrain/mtl/seed_1/checkpoint/meta.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["dropout"]
+    meta_path.write_text(json.dumps(meta))
+    out = export_model(str(exp), str(tmp_path / "bundle"), n_boot=20)
+    config = json.loads((out / "config.json").read_text())
+    assert config["dropout"] == TrainConfig().dropout == 0.2
+    assert config["train_config"] == parse_train_config(meta["config"]).model_dump()
+    assert "dropout 0.2" in (out / "MODEL_CARD.md").read_text()
+    assert load_bundle(out).config.dropout == 0.2
+    experiment = yaml.safe_load((exp / "experiment.yaml").read_text())
+    experiment["tune"]["metrc"] = "val/loss"
+    (exp / "experiment.yaml").write_text(yaml.safe_dump(experiment))
+    with pytest.raises(UserError, match=r"experiment\.yaml: tune\.metrc: unknown key \(did you mean 'metric'\?\)"):
+        export_model(str(exp), str(tmp_path / "bundle"), n_boot=20)
+
+
+def test_bundles_written_before_the_typed_config_still_load(exported, tmp_path):
+    """config.json as earlier exports wrote it (the checkpoint's raw config under train_config) loads and predicts
+    the same; so does one without resize_size / jpeg_quality, which predict has always defaulted."""
+    _, out, images = exported
+    current = predict_images(load_bundle(out), images)
+    for name, drop in (("old", ()), ("older", ("resize_size", "jpeg_quality"))):
+        old = tmp_path / name
+        old.mkdir()
+        for f in out.iterdir():
+            (old / f.name).write_bytes(f.read_bytes())
+        config = json.loads((out / "config.json").read_text())
+        config["train_config"] = {"backbone": "test_efficientnet", "dropout": 0.1, "multitask": True, "seed": 1}
+        (old / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in drop}))
+        bundle = load_bundle(old)
+        assert bundle.config.resize_size == SIZE and bundle.config.jpeg_quality == 90
+        assert predict_images(bundle, images) == current
+
+
+def test_bad_bundle_config_names_the_file_and_field(exported, tmp_path):
+    _, out, _ = exported
+    for name, edit, match in (
+        ("config.json", lambda c: {**c, "image_size": "large"}, r"config\.json: image_size: .*re-export"),
+        ("config.json", lambda c: {**c, "format": "other"}, r"config\.json: not a skintune export config"),
+        ("labels.json", lambda c: {"site": c["site"]}, r"labels\.json: lesion: Field required.*re-export"),
+    ):
+        bad = tmp_path / f"bad-{len(list(tmp_path.iterdir()))}"
+        bad.mkdir()
+        for f in out.iterdir():
+            (bad / f.name).write_bytes(f.read_bytes())
+        (bad / name).write_text(json.dumps(edit(json.loads((out / name).read_text()))))
+        with pytest.raises(UserError, match=match):
+            load_bundle(bad)

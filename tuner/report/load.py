@@ -1,10 +1,11 @@
 """Read one experiment's outputs (config, dataset.json, search table, retrain predictions) into
 :class:`Inputs`.
 
-Layout read (under ``<storage>/<name>/``): ``experiment.yaml``, ``prepared/dataset.json`` (or the
-``data.prepared`` folder named in experiment.yaml), ``tune/results.parquet`` (optional),
-``retrain/summary.json`` and ``retrain/<arm>/seed_<k>/{predictions.parquet,metrics.json}``. Predictions of all
-seeds and both arms are aligned to one image order, so every paired statistic pairs the same image.
+Layout read (under ``<storage>/<name>/``): ``experiment.yaml`` (typed by :func:`tuner.config.load_experiment`),
+``prepared/dataset.json`` (or the ``data.prepared`` folder named in experiment.yaml), ``tune/results.parquet``
+(optional), ``retrain/summary.json`` and ``retrain/<arm>/seed_<k>/{predictions.parquet,metrics.json}``.
+Predictions of all seeds and both arms are aligned to one image order, so every paired statistic pairs the same
+image.
 Anything missing or inconsistent is a :class:`UserError` naming the file and the fix.
 """
 
@@ -16,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from trainables.errors import UserError
+from tuner.config import ExperimentConfig, load_experiment
 
 ARMS = ("mtl", "single_task")
 
@@ -26,7 +27,7 @@ ARMS = ("mtl", "single_task")
 @dataclass
 class Inputs:
     experiment_dir: Path
-    config: dict  # experiment.yaml, resolved
+    experiment: ExperimentConfig  # experiment.yaml, typed
     dataset: dict  # dataset.json
     summary: dict  # retrain/summary.json
     seeds: list[int]
@@ -39,8 +40,13 @@ class Inputs:
     trials: pd.DataFrame | None  # tune/results.parquet, None without a search
 
     @property
+    def config(self) -> dict:
+        """experiment.yaml as a plain dict, every default filled in (what the report prints and reads)."""
+        return self.experiment.model_dump(mode="json")
+
+    @property
     def name(self) -> str:
-        return str(self.config.get("name", self.experiment_dir.name))
+        return self.experiment.name
 
     @property
     def lesion_classes(self) -> list[str]:
@@ -63,16 +69,16 @@ def _read_json(path: Path, fix: str) -> dict:
         raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg}); {fix}") from None
 
 
-def _read_config(root: Path) -> dict:
+def _read_config(root: Path) -> ExperimentConfig:
     path = root / "experiment.yaml"
     if not path.is_file():
         raise UserError(f"{path}: not found; is {root} an experiment folder (<storage>/<name>)? Check --storage")
-    return yaml.safe_load(path.read_text()) or {}
+    return load_experiment(path)
 
 
-def _read_dataset(root: Path, config: dict) -> dict:
+def _read_dataset(root: Path, experiment: ExperimentConfig) -> dict:
     candidates = [root / "prepared" / "dataset.json"]
-    prepared = (config.get("data") or {}).get("prepared")
+    prepared = experiment.data.prepared
     if prepared:
         candidates.append(Path(prepared).expanduser() / "dataset.json")
     for path in candidates:
@@ -140,10 +146,9 @@ def load_inputs(experiment_dir: str | Path) -> Inputs:
     root = Path(experiment_dir).expanduser()
     if not root.is_dir():
         raise UserError(f"no experiment at {root}: check --experiment and --storage")
-    config = _read_config(root)
-    name = str(config.get("name", root.name))
-    summary, frames, metrics = _read_retrain(root, name)
-    dataset = _read_dataset(root, config)
+    experiment = _read_config(root)
+    summary, frames, metrics = _read_retrain(root, experiment.name)
+    dataset = _read_dataset(root, experiment)
     seeds = [int(s) for s in summary["seeds"]]
     frames = _align(frames, ("mtl", seeds[0]), root)
     ref = frames["mtl", seeds[0]]
@@ -159,7 +164,7 @@ def load_inputs(experiment_dir: str | Path) -> Inputs:
         site_probs.append(_stack(col) if ok and len(col.iloc[0]) == n_site else None)
     return Inputs(
         experiment_dir=root,
-        config=config,
+        experiment=experiment,
         dataset=dataset,
         summary=summary,
         seeds=seeds,

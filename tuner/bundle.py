@@ -1,0 +1,129 @@
+"""The contract of an export bundle: its format tag, its file names and its typed ``config.json`` / ``labels.json``.
+
+:mod:`tuner.export` writes bundles and :mod:`tuner.predict` reads them; both take every name and field from here.
+A bundle folder holds :data:`BUNDLE_FILES`::
+
+    model.safetensors     the weights (no pickle)
+    model.torchscript.pt  the same network traced on CPU in eval mode
+    config.json           BundleConfig: architecture, image size, preprocessing, normalisation, provenance
+    labels.json           BundleLabels: {"lesion": [...], "site": [...]}, index order of the heads
+    metrics.json          see tuner.export_metrics
+    MODEL_CARD.md         see tuner.model_card
+
+``format_version`` 1 is the only version so far; bundles written before this module existed have the same
+``config.json`` and load unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from trainables.config import TrainConfig, format_validation_error, parse_train_config
+from trainables.errors import UserError
+
+EXPORT_FORMAT = "skintune-export"
+FORMAT_VERSION = 1
+WEIGHTS, TORCHSCRIPT, CONFIG, LABELS = "model.safetensors", "model.torchscript.pt", "config.json", "labels.json"
+METRICS, CARD = "metrics.json", "MODEL_CARD.md"
+BUNDLE_FILES = (WEIGHTS, TORCHSCRIPT, CONFIG, LABELS, METRICS, CARD)
+BACKENDS = {"safetensors": WEIGHTS, "torchscript": TORCHSCRIPT}  # predict's backends and the file each loads
+
+PREPROCESSING = (
+    "upright RGB; shorter side -> resize_size (bicubic); JPEG at jpeg_quality (as prepare); shorter side -> "
+    "image_size (bilinear, antialias); center crop image_size; /255; (x - mean) / std"
+)
+OUTPUTS = "(lesion_logits [B, num_lesion_classes], site_logits [B, num_site_classes]); softmax each"
+
+
+class BundleConfig(BaseModel):
+    """``config.json``: what rebuilds the network and its input, and where it came from."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    format: Literal["skintune-export"] = EXPORT_FORMAT
+    format_version: int = FORMAT_VERSION
+    architecture: Literal["MultiTaskNet"] = "MultiTaskNet"
+    backbone: str
+    multitask: bool
+    num_lesion_classes: int = Field(ge=1)
+    num_site_classes: int = Field(ge=0)
+    dropout: float
+    image_size: int = Field(ge=16)
+    resize_size: int | None = Field(None, description="the prepared image size; default image_size")
+    jpeg_quality: int = 90
+    mean: list[float]
+    std: list[float]
+    preprocessing: str = PREPROCESSING
+    outputs: str = OUTPUTS
+    weights_source: str | None = None
+    dataset_fingerprint: str | None = None
+    train_config: dict[str, Any] = Field(default_factory=dict, description="the TrainConfig of the exported run")
+    torch_version: str | None = None
+    experiment: str | None = None
+    seed: int | None = None
+    checkpoint: str | None = None
+
+    @model_validator(mode="after")
+    def _resize_defaults_to_image_size(self):
+        if self.resize_size is None:
+            self.resize_size = self.image_size
+        return self
+
+    def train_config_of_network(self) -> TrainConfig:
+        """The config that :func:`trainables.factory.build_parts` rebuilds this bundle's network from."""
+        network = {"backbone": self.backbone, "dropout": self.dropout, "multitask": self.multitask}
+        return parse_train_config({**network, "image_size": self.image_size, "pretrained": False}, source=CONFIG)
+
+
+class BundleLabels(BaseModel):
+    """``labels.json``: class names in the index order of the two heads (``site`` empty without a site head)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lesion: list[str] = Field(min_length=1)
+    site: list[str] = Field(default_factory=list)
+
+    def dataset_info(self) -> dict:
+        """The class lists as ``dataset.json`` names them, for :func:`trainables.factory.build_parts`."""
+        return {"lesion_classes": self.lesion, "site_classes": self.site}
+
+
+def is_bundle(folder: Path) -> bool:
+    """Whether ``folder`` holds a skintune export (its ``config.json`` carries the format tag)."""
+    try:
+        return json.loads((folder / CONFIG).read_text()).get("format") == EXPORT_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_bundle_files(folder: Path) -> tuple[BundleConfig, BundleLabels]:
+    """``config.json`` and ``labels.json`` of the bundle in ``folder``, validated; a :class:`UserError` names
+    the file and the field otherwise."""
+    config, labels = _read_json(folder / CONFIG), _read_json(folder / LABELS)
+    if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
+        raise UserError(f"{folder / CONFIG}: not a skintune export config (no format {EXPORT_FORMAT!r})")
+    parsed = []
+    for path, data, model in ((folder / CONFIG, config, BundleConfig), (folder / LABELS, labels, BundleLabels)):
+        try:
+            parsed.append(model.model_validate(data))
+        except ValidationError as exc:
+            problem = format_validation_error(exc, model=model)
+            raise UserError(f"{path}: {problem}; re-export the model") from None
+    return parsed[0], parsed[1]
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not readable JSON ({first_line(exc)}); re-export the model") from None
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an error's text (at most 200 characters), for one-line messages about bundle files."""
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
