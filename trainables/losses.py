@@ -2,8 +2,9 @@
 
 ``build_loss`` is the factory, ``make_loss`` the same from a run's ``TrainConfig``. ``MultiTaskLoss.forward``
 returns ``{"loss", "loss_lesion", "loss_site"}`` (tensors; the trainer logs them as ``train/loss`` ...). With
-``weighting="uncertainty"`` the loss owns two learnable log-variances: the trainer must hand ``loss.parameters()``
-to the optimiser, in the head group (``model.param_groups(..., extra_head_params=loss.parameters())``).
+``weighting="uncertainty"`` the loss owns two learnable log-variances: the optimiser must get ``loss.parameters()``
+too. ``trainables.train_loop.setup`` adds them as a parameter group of their own, at the head learning rate and
+without weight decay.
 """
 
 from __future__ import annotations

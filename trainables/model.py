@@ -1,6 +1,7 @@
 """The multi-task network: one shared timm backbone, dropout, a lesion head and (optionally) a body-site head.
 
-``build_model`` is the one factory; ``param_groups`` gives AdamW parameter groups with separate learning rates
+``build_model`` builds the network from explicit sizes (from a training config, use
+:func:`trainables.factory.build_parts`); ``param_groups`` gives AdamW parameter groups with separate learning rates
 for backbone and heads. The single-task baseline is the same network with ``num_site_classes=0``: its
 ``site_head`` is ``None`` and ``forward`` returns ``(lesion_logits, None)``.
 
@@ -83,9 +84,10 @@ def param_groups(
     """AdamW parameter groups: backbone and heads at their own learning rates, each split into decayed weights
     and undecayed biases / norm weights (every parameter with ``ndim <= 1``).
 
-    ``extra_head_params`` joins the head groups: pass ``MultiTaskLoss.parameters()`` so the learned task
-    log-variances are optimised (they are scalars, hence never decayed). Empty groups are left out; each group
-    has a ``name`` (``backbone``, ``backbone_no_decay``, ``head``, ``head_no_decay``) for logging.
+    ``extra_head_params`` joins the head groups (scalars among them are never decayed). The training loop does not
+    use it: it adds ``MultiTaskLoss.parameters()`` as a group of its own (``trainables.train_loop.setup``). Empty
+    groups are left out; each group has a ``name`` (``backbone``, ``backbone_no_decay``, ``head``, ``head_no_decay``)
+    for logging.
     """
     buckets: dict[str, list[nn.Parameter]] = {n: [] for n in ("backbone", "head")}
     buckets.update({f"{n}_no_decay": [] for n in ("backbone", "head")})
