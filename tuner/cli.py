@@ -114,6 +114,14 @@ def _cmd_tune(args: argparse.Namespace) -> None:
             f"best trial {best['trial_id']}: {exp.tune.metric} = {best['best_objective']:.4f} "
             f"(epoch {best['best_epoch']}) with {params}"
         )
+    if exp.compare.baseline == "tuned":
+        from tuner.results import read_results
+
+        baseline = read_results(tune_dir(exp, "single_task"))  # best trial first
+        print(
+            f"tune: single-task baseline search: {len(baseline)} trials, best {exp.tune.metric} = "
+            f"{baseline['best_objective'].iloc[0]:.4f}; table: {tune_dir(exp, 'single_task')}/results.parquet"
+        )
     print(f"TensorBoard: skintune tensorboard --storage {exp.storage} --experiment {exp.name}")
 
 
@@ -349,10 +357,15 @@ def _add_retrain(sub) -> None:
     p.add_argument(
         "--baseline",
         choices=["ablation", "tuned"],
-        default="ablation",
-        help="ablation: best config minus the site task (default); tuned: best single-task trial",
+        default=None,
+        help="ablation: MTL's best configuration with the site head off; tuned: the best trial of the single-task "
+        "search with the MTL search's budget (default: the experiment's compare.baseline)",
     )
-    p.add_argument("--baseline-experiment", default=None, help="the single-task search for --baseline tuned")
+    p.add_argument(
+        "--baseline-experiment",
+        default=None,
+        help="with --baseline tuned: another experiment's single-task search instead of this experiment's own",
+    )
     p.set_defaults(handler=_cmd_retrain)
 
 

@@ -95,6 +95,17 @@ class RetrainSection(_Strict):
     seeds: int = Field(3, ge=1)
 
 
+class CompareSection(_Strict):
+    """What the multi-task model is compared with (``retrain`` and ``compare``)."""
+
+    baseline: Literal["ablation", "tuned"] = Field(
+        "ablation",
+        description="ablation: MTL's best configuration with the site head off; tuned: `tune` also runs a "
+        "single-task search with the same budget (search space: the experiment's own minus its scientific "
+        "parameters) and retrain uses its best trial",
+    )
+
+
 class ExperimentConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     storage: str = "~/skintune-results"
@@ -103,6 +114,7 @@ class ExperimentConfig(_Strict):
     tune: TuneSection = Field(default_factory=TuneSection)
     train: TrainSection = Field(default_factory=TrainSection)
     retrain: RetrainSection = Field(default_factory=RetrainSection)
+    compare: CompareSection = Field(default_factory=CompareSection)
 
     @property
     def experiment_dir(self) -> str:

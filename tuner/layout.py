@@ -7,6 +7,8 @@ Layout under ``<storage>/<experiment>/`` (a folder or a URI)::
     tune/                    Tune's experiment dir; tune/<trial>/ holds Tune's and the workers' TensorBoard events
     tune/runs/<trial_id>/    each trial's Ray Train run: checkpoints (best ``keep_checkpoints`` by the objective)
     tune/results.parquet|csv one row per trial (tuner/results.py)
+    tune/search.json         the search's budget, data fingerprint and what it spent (tuner/results.py)
+    tune_single_task/        the same for the single-task baseline's search (``compare: {baseline: tuned}``)
     retrain/                 the retrained arms x seeds (tuner/retrain.py)
     report/                  the comparison report (tuner/report/)
 """
@@ -21,12 +23,27 @@ from tuner.config import ExperimentConfig
 DRIVER_CPU = 0.25  # a trial's (or a retrain run's) driver only waits on its workers
 
 
-def tune_dir(exp: ExperimentConfig) -> str:
-    return storage.join(exp.experiment_dir, "tune")
+MTL = "mtl"  # the experiment's own search
+SINGLE_TASK = "single_task"  # the tuned single-task baseline's search
+SEARCH_TITLES = {MTL: "MTL search", SINGLE_TASK: "single-task baseline search"}
 
 
-def runs_dir(exp: ExperimentConfig) -> str:
-    return storage.join(tune_dir(exp), "runs")
+def search_arms(exp: ExperimentConfig) -> tuple[str, ...]:
+    """The searches ``tune`` runs, in order: the experiment's own, then the tuned baseline's if it asks for one."""
+    return (MTL, SINGLE_TASK) if exp.compare.baseline == "tuned" else (MTL,)
+
+
+def tune_name(arm: str = MTL) -> str:
+    """The folder (and Tune experiment name) of an arm's search: ``tune`` for MTL, ``tune_<arm>`` otherwise."""
+    return "tune" if arm == MTL else f"tune_{arm}"
+
+
+def tune_dir(exp: ExperimentConfig, arm: str = MTL) -> str:
+    return storage.join(exp.experiment_dir, tune_name(arm))
+
+
+def runs_dir(exp: ExperimentConfig, arm: str = MTL) -> str:
+    return storage.join(tune_dir(exp, arm), "runs")
 
 
 def retrain_dir(exp: ExperimentConfig) -> str:

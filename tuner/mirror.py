@@ -13,10 +13,11 @@ from pathlib import Path
 from trainables import storage
 from trainables.errors import UserError
 
-# what each command leaves out of its copy (regular expressions on paths relative to the experiment folder)
-SKIP_FOR_REPORT = (r"^tune/runs/", r"^prepared/shards/", r"/checkpoint_")
-SKIP_FOR_EXPORT = (r"^tune/", r"^prepared/shards/", r"^retrain/single_task/.*/checkpoint_")
-SKIP_FOR_TENSORBOARD = (r"^tune/runs/", r"^prepared/", r"/checkpoint_", r"\.parquet$")
+# what each command leaves out of its copy (regular expressions on paths relative to the experiment folder);
+# tune[^/]*/ is every search: tune/ and a tuned baseline's tune_single_task/
+SKIP_FOR_REPORT = (r"^tune[^/]*/runs/", r"^prepared/shards/", r"/checkpoint_")
+SKIP_FOR_EXPORT = (r"^tune[^/]*/", r"^prepared/shards/", r"^retrain/single_task/.*/checkpoint_")
+SKIP_FOR_TENSORBOARD = (r"^tune[^/]*/runs/", r"^prepared/", r"/checkpoint_", r"\.parquet$")
 
 
 def mirror_path(uri: str) -> Path:

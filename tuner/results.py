@@ -1,20 +1,42 @@
-"""The search's results table: one row per trial, written as ``tune/results.parquet`` and ``tune/results.csv``.
+"""The search's results table: one row per trial, written as ``tune/results.parquet`` and ``tune/results.csv``;
+and its record, ``tune/search.json`` (its budget, the data it ran on, what it spent).
 
 Columns: ``trial_id``, ``status`` (completed | stopped_early | diverged | error), ``epochs``, ``best_objective``,
 ``last_objective``, ``best_epoch``, ``checkpoint_path`` (the best epoch's Train checkpoint), ``wall_s``,
-``error``, and one ``param/<name>`` column per sampled parameter.
+``error``, and one ``param/<name>`` column per sampled parameter. A tuned baseline's search writes the same
+under ``tune_single_task/``.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import math
 from pathlib import Path
 
 import pandas as pd
 
 from trainables import storage
+from trainables.errors import UserError
 from tuner.config import ExperimentConfig
+
+SEARCH_RECORD = "search.json"
+# what makes two searches' effort equal: the budget, how it is spent, and the data (a mismatch is refused)
+BUDGET_FIELDS = (
+    "num_samples",
+    "max_epochs",
+    "max_trial_epochs",
+    "metric",
+    "mode",
+    "sampler",
+    "seed",
+    "tpe_startup_trials",
+    "tpe_good_fraction",
+    "scheduler",
+    "grace_period",
+    "reduction_factor",
+    "dataset_fingerprint",
+)
 
 
 def _status(result, epochs: int, max_epochs: int) -> str:
@@ -73,3 +95,55 @@ def write_results(table: pd.DataFrame, tune_dir: str) -> None:
 
 def read_results(tune_dir: str) -> pd.DataFrame:
     return pd.read_parquet(io.BytesIO(storage.read_bytes(storage.join(tune_dir, "results.parquet"))))
+
+
+def search_record(
+    exp: ExperimentConfig, arm: str, fingerprint: str | None, wall_s: float, table: pd.DataFrame | None
+) -> dict:
+    """``search.json``: the search's budget (:data:`BUDGET_FIELDS`; settings that do not apply, e.g. ASHA's with
+    ``scheduler: none``, are null) and what it spent: trials run, trial-epochs and wall time (the seconds its
+    driver sessions spent searching; one killed outright is not counted). ``table`` None: not finished yet."""
+    t = exp.tune
+    tpe, asha = t.sampler == "tpe", t.scheduler == "asha"
+    return {
+        "arm": arm,
+        "experiment": exp.name,
+        "search_space": exp.search_space,
+        "num_samples": t.num_samples,
+        "max_epochs": t.max_epochs,
+        "max_trial_epochs": t.max_trial_epochs,
+        "metric": t.metric,
+        "mode": t.mode,
+        "sampler": t.sampler,
+        "seed": t.seed,
+        "tpe_startup_trials": t.tpe_startup_trials if tpe else None,
+        "tpe_good_fraction": t.tpe_good_fraction if tpe else None,
+        "scheduler": t.scheduler,
+        "grace_period": t.grace_period if asha else None,
+        "reduction_factor": t.reduction_factor if asha else None,
+        "dataset_fingerprint": fingerprint,
+        "finished": table is not None,
+        "trials_run": None if table is None else len(table),
+        "trial_epochs": None if table is None else int(table["epochs"].fillna(0).sum()),
+        "wall_s": round(wall_s, 3),
+    }
+
+
+def write_search_record(record: dict, tune_dir: str) -> None:
+    storage.write_text(storage.join(tune_dir, SEARCH_RECORD), json.dumps(record, indent=2))
+
+
+def read_search_record(tune_dir: str) -> dict | None:
+    """The search's ``search.json``, or None when it has none (a search run before skintune wrote them)."""
+    path = storage.join(tune_dir, SEARCH_RECORD)
+    if not storage.exists(path):
+        return None
+    try:
+        return json.loads(storage.read_text(path))
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path}: not valid JSON (line {exc.lineno}: {exc.msg})") from None
+
+
+def budget_differences(mtl: dict, baseline: dict) -> list[str]:
+    """``"field: baseline's vs MTL's"`` for every budget field in which the two search records differ."""
+    return [f"{f}: {baseline.get(f)} vs {mtl.get(f)}" for f in BUDGET_FIELDS if baseline.get(f) != mtl.get(f)]

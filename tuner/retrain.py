@@ -1,12 +1,15 @@
 """``skintune retrain``: the best configuration from scratch with K seeds, and the single-task baseline.
 
-Both arms get the same seeds, data, schedule and epochs; the baseline is the same configuration minus the
-site task (``--baseline ablation``, the default) or the best trial of a separate single-task search
-(``--baseline tuned --baseline-experiment NAME``), so both sides had equal tuning effort. Each run is a Ray
-Train run; runs go in parallel when the cluster has room. The best epoch (by the validation objective) is then
-evaluated on the held-out test split. Layout under ``<storage>/<experiment>/retrain/``::
+Both arms get the same seeds, data, schedule and epochs. The baseline (``--baseline``, by default the
+experiment's ``compare.baseline``) is either the ablation, MTL's best configuration with the site head off
+(``ablation``), or the best trial of a single-task search (``tuned``): the experiment's own baseline search
+(``tune_single_task/``, run by ``tune`` with ``compare: {baseline: tuned}``) or, with ``--baseline-experiment
+NAME``, another experiment's search. A tuned baseline's search must have had the MTL search's budget and data
+(their ``search.json`` records are compared; a difference is refused). Each run is a Ray Train run; runs go in
+parallel when the cluster has room. The best epoch (by the validation objective) is then evaluated on the
+held-out test split. Layout under ``<storage>/<experiment>/retrain/``::
 
-    summary.json                         baseline kind, best trial, seeds, configs, commands
+    summary.json                         baseline kind, both searches' budgets, best trial, seeds, configs
     <arm>/seed_<k>/run/                  the Ray Train run (checkpoints)
     <arm>/seed_<k>/predictions.parquet   per test image: image_id, lesion, site, lesion_probs, site_probs
     <arm>/seed_<k>/metrics.json          val metrics of the chosen epoch, test/* metrics, checkpoint, wall time
@@ -27,18 +30,25 @@ import ray
 from trainables import storage
 from trainables.errors import UserError
 from tuner.config import ExperimentConfig
-from tuner.layout import DRIVER_CPU, max_concurrent, min_cluster_cpus, retrain_dir, tune_dir
-from tuner.results import read_results
+from tuner.layout import DRIVER_CPU, MTL, SINGLE_TASK, max_concurrent, min_cluster_cpus, retrain_dir, tune_dir
+from tuner.results import SEARCH_RECORD, budget_differences, read_results, read_search_record
 
 ARMS = ("mtl", "single_task")
+BASELINES = ("ablation", "tuned")
 
 
-def best_trial(exp: ExperimentConfig) -> tuple[str, dict]:
-    """The best usable trial of ``exp``'s search: ``(trial_id, sampled parameters)``."""
-    path = storage.join(tune_dir(exp), "results.parquet")
+def best_trial(exp: ExperimentConfig, arm: str = MTL) -> tuple[str, dict]:
+    """The best usable trial of one of ``exp``'s searches: ``(trial_id, sampled parameters)``."""
+    path = storage.join(tune_dir(exp, arm), "results.parquet")
     if not storage.exists(path):
+        if arm == SINGLE_TASK:
+            raise UserError(
+                f"{path} not found: experiment {exp.name!r} has no finished single-task baseline search; set "
+                "`compare: {baseline: tuned}` in its YAML and run `skintune tune --config FILE --resume`, or name "
+                "another experiment's search with --baseline-experiment NAME"
+            )
         raise UserError(f"{path} not found: run `skintune tune --config ...` for experiment {exp.name!r} first")
-    table = read_results(tune_dir(exp))
+    table = read_results(tune_dir(exp, arm))
     usable = table[table["status"].isin(["completed", "stopped_early"]) & table["best_objective"].notna()]
     if usable.empty:
         raise UserError(f"{path}: no trial finished without error or divergence; nothing to retrain")
@@ -56,15 +66,46 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
+def baseline_search(exp: ExperimentConfig, baseline_exp: ExperimentConfig | None) -> tuple[ExperimentConfig, str]:
+    """Where a tuned baseline comes from: (experiment, arm) of its search, the experiment's own by default."""
+    return (exp, SINGLE_TASK) if baseline_exp is None else (baseline_exp, MTL)
+
+
+def search_budgets(exp: ExperimentConfig, baseline: str, baseline_exp: ExperimentConfig | None) -> dict:
+    """Both searches' records (search.json) for summary.json; for a tuned baseline, refuse (one line naming each
+    field and both values) a search whose budget or data differs from the MTL search's."""
+    budgets = {MTL: read_search_record(tune_dir(exp)), SINGLE_TASK: None}
+    if baseline != "tuned":
+        return budgets
+    source, arm = baseline_search(exp, baseline_exp)
+    where = tune_dir(source, arm)
+    best_trial(exp)  # both searches finished, each with a usable trial, or a clear error
+    best_trial(source, arm)
+    budgets[SINGLE_TASK] = read_search_record(where)
+    for label, path, record in ((MTL, tune_dir(exp), budgets[MTL]), (SINGLE_TASK, where, budgets[SINGLE_TASK])):
+        if record is None:
+            raise UserError(
+                f"{storage.join(path, SEARCH_RECORD)} not found: the {label} search ran before skintune recorded "
+                "search budgets, so an equal budget cannot be checked; rerun that search, or use --baseline ablation"
+            )
+    differences = budget_differences(budgets[MTL], budgets[SINGLE_TASK])
+    if differences:
+        raise UserError(
+            f"baseline search {where} differs from the MTL search {tune_dir(exp)} in {'; '.join(differences)} "
+            "(baseline vs MTL): a tuned baseline needs the same budget and data; search it again with the MTL "
+            "experiment's tune settings and prepared data, or use --baseline ablation"
+        )
+    return budgets
+
+
 def arm_configs(exp: ExperimentConfig, prepared: str, baseline: str, baseline_exp: ExperimentConfig | None):
     trial_id, params = best_trial(exp)
     mtl = {**exp.train.train_config(), **params, "prepared": prepared, "epochs": exp.tune.max_epochs}
     if baseline == "tuned":
-        if baseline_exp is None:
-            raise UserError("--baseline tuned needs --baseline-experiment NAME (a search run with single_task.yaml)")
-        _, single_params = best_trial(baseline_exp)
+        source, arm = baseline_search(exp, baseline_exp)
+        _, single_params = best_trial(source, arm)
         single = {
-            **baseline_exp.train.train_config(),
+            **source.train.train_config(),
             **single_params,
             "prepared": prepared,
             "epochs": exp.tune.max_epochs,
@@ -110,13 +151,20 @@ def _fit_and_evaluate(config: dict, exp_dump: dict, run_dir: str, use_gpu: bool,
 def run_retrain(
     exp: ExperimentConfig,
     seeds: int | None = None,
-    baseline: str = "ablation",
+    baseline: str | None = None,
     baseline_exp: ExperimentConfig | None = None,
 ) -> pd.DataFrame:
-    """Retrain both arms over the seeds (skipping finished runs); returns one row per arm x seed."""
+    """Retrain both arms over the seeds (skipping finished runs); returns one row per arm x seed. ``baseline``:
+    ablation or tuned, by default the experiment's ``compare.baseline``."""
     from tuner.data_step import ensure_data
     from tuner.ray_runtime import init_ray, use_gpu
 
+    baseline = baseline or exp.compare.baseline
+    if baseline not in BASELINES:
+        raise UserError(f"baseline {baseline!r}: expected one of {', '.join(BASELINES)}")
+    if baseline_exp is not None and baseline != "tuned":
+        raise UserError("--baseline-experiment names a tuned baseline's search: add --baseline tuned")
+    budgets = search_budgets(exp, baseline, baseline_exp)  # refused before any data is read or run started
     prepared = ensure_data(exp)
     trial_id, configs = arm_configs(exp, prepared, baseline, baseline_exp)
     seed_list = list(range(seeds or exp.retrain.seeds))
@@ -132,6 +180,8 @@ def run_retrain(
         "baseline_config": configs["single_task"],
         "gpu": gpu,
         "baseline_experiment": baseline_exp.name if baseline_exp else None,
+        "baseline_search": tune_dir(*baseline_search(exp, baseline_exp)) if baseline == "tuned" else None,
+        "budgets": budgets,
         "workers_per_run": exp.train.workers_per_trial,
     }
     storage.write_text(storage.join(root, "summary.json"), json.dumps(summary, indent=2, default=str))

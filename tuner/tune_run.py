@@ -5,29 +5,55 @@ Each trial's Tune trainable is :func:`trial_driver`, a small function that build
 epoch's metrics to Tune with :class:`~tuner.tune_callbacks.EpochReportCallback` (Tune's ``training_iteration`` is
 the epoch, also after a resume). The searcher is in :mod:`tuner.searcher`, Tune's callbacks and loggers in
 :mod:`tuner.tune_callbacks`, where the outputs go (and how many trials run at once) in :mod:`tuner.layout`.
+
+With ``compare: {baseline: tuned}`` the experiment has two searches, run one after the other as two Tune
+experiments in the same storage: the experiment's own (``tune/``), then the single-task baseline's
+(``tune_single_task/``, the same space minus its scientific parameters) with the same budget, sampler, seed,
+scheduler, concurrency and prepared data. Each writes its results table and its record (``search.json``) when it
+ends; ``--resume`` continues the first unfinished one (a search with a results table is finished and kept).
 """
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
+import pandas as pd
 import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from search_spaces import load_space
 from trainables import storage
-from trainables.config import TRAIN_KEYS
 from trainables.errors import UserError
 from tuner.config import ExperimentConfig
-from tuner.layout import DRIVER_CPU, max_concurrent, min_cluster_cpus, runs_dir, tune_dir
-from tuner.searcher import EpochBudget, make_searcher
+from tuner.layout import (
+    DRIVER_CPU,
+    MTL,
+    SEARCH_TITLES,
+    max_concurrent,
+    min_cluster_cpus,
+    runs_dir,
+    search_arms,
+    tune_dir,
+    tune_name,
+)
+from tuner.results import (
+    read_results,
+    read_search_record,
+    search_record,
+    trials_table,
+    write_results,
+    write_search_record,
+)
+from tuner.searcher import EpochBudget, arm_space, make_searcher
 from tuner.train_run import make_trainer
 from tuner.tune_callbacks import EpochReportCallback, epoch_loggers
 
 
-def trial_driver(config: dict, exp: dict, prepared: str, use_gpu: bool) -> None:
-    """The Tune trainable of one trial: fit one TorchTrainer with the sampled configuration."""
+def trial_driver(config: dict, exp: dict, prepared: str, use_gpu: bool, arm: str = MTL) -> None:
+    """The Tune trainable of one trial (of the ``arm``'s search): fit one TorchTrainer with the sampled
+    configuration."""
     experiment = ExperimentConfig(**exp)
     ctx = tune.get_context()
     trial_dir = ctx.get_trial_dir()  # local; on cloud storage the workers upload into the trial's folder there
@@ -36,7 +62,7 @@ def trial_driver(config: dict, exp: dict, prepared: str, use_gpu: bool) -> None:
         **config,
         "prepared": prepared,
         "epochs": experiment.tune.max_epochs,
-        "tensorboard_dir": storage.join(tune_dir(experiment), Path(trial_dir).name)
+        "tensorboard_dir": storage.join(tune_dir(experiment, arm), Path(trial_dir).name)
         if storage.is_uri(experiment.storage)
         else trial_dir,
     }
@@ -44,7 +70,7 @@ def trial_driver(config: dict, exp: dict, prepared: str, use_gpu: bool) -> None:
         train_config,
         experiment,
         ctx.get_trial_id(),
-        runs_dir(experiment),
+        runs_dir(experiment, arm),
         use_gpu,
         callbacks=[EpochReportCallback()],
     )
@@ -53,12 +79,15 @@ def trial_driver(config: dict, exp: dict, prepared: str, use_gpu: bool) -> None:
         raise result.error
 
 
-def make_tuner(exp: ExperimentConfig, prepared: str, use_gpu: bool, resources: dict, resume: bool) -> tune.Tuner:
+def make_tuner(
+    exp: ExperimentConfig, prepared: str, use_gpu: bool, resources: dict, resume: bool, arm: str = MTL
+) -> tune.Tuner:
+    """The Tuner of the ``arm``'s search (a new one, or with ``resume`` the one restored from its folder)."""
     trainable = tune.with_resources(
-        tune.with_parameters(trial_driver, exp=exp.model_dump(), prepared=prepared, use_gpu=use_gpu),
+        tune.with_parameters(trial_driver, exp=exp.model_dump(), prepared=prepared, use_gpu=use_gpu, arm=arm),
         {"CPU": DRIVER_CPU},
     )
-    path = tune_dir(exp)
+    path = tune_dir(exp, arm)
     if resume:
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     t = exp.tune
@@ -77,13 +106,13 @@ def make_tuner(exp: ExperimentConfig, prepared: str, use_gpu: bool, resources: d
         tune_config=tune.TuneConfig(
             metric=t.metric,
             mode=t.mode,
-            search_alg=make_searcher(exp),
+            search_alg=make_searcher(exp, arm),
             scheduler=scheduler,
             num_samples=t.num_samples,
             max_concurrent_trials=max_concurrent(exp, resources, use_gpu),
         ),
         run_config=tune.RunConfig(
-            name="tune",
+            name=tune_name(arm),
             storage_path=exp.experiment_dir,
             failure_config=tune.FailureConfig(max_failures=t.max_failures),
             callbacks=epoch_loggers(),
@@ -94,16 +123,21 @@ def make_tuner(exp: ExperimentConfig, prepared: str, use_gpu: bool, resources: d
 
 
 def check_start(exp: ExperimentConfig, resume: bool) -> None:
-    """Refuse to overwrite an experiment, or to resume one that does not exist."""
+    """Refuse to overwrite an experiment (any of its searches), or to resume one that does not exist."""
     path = tune_dir(exp)
     exists = tune.Tuner.can_restore(path)
     if resume and not exists:
         raise UserError(f"--resume: no experiment to resume at {path}; run without --resume to start it")
-    if not resume and (exists or (not storage.is_uri(path) and Path(path).exists())):
+    others = [tune_dir(exp, arm) for arm in search_arms(exp) if arm != MTL]
+    if not resume and any(_started(p) for p in [path, *others]):
         raise UserError(
             f"experiment {exp.name!r} already exists at {exp.experiment_dir}: add --resume to continue it, "
             "or choose another `name:` (nothing was overwritten)"
         )
+
+
+def _started(path: str) -> bool:
+    return tune.Tuner.can_restore(path) or (not storage.is_uri(path) and Path(path).exists())
 
 
 def write_experiment_yaml(exp: ExperimentConfig) -> None:
@@ -111,19 +145,72 @@ def write_experiment_yaml(exp: ExperimentConfig) -> None:
     storage.write_text(storage.join(exp.experiment_dir, "experiment.yaml"), text)
 
 
+def dataset_fingerprint(prepared: str) -> str | None:
+    """The prepared data's ``fingerprint`` (dataset.json): which data a search ran on."""
+    path = storage.join(prepared, "dataset.json")
+    return json.loads(storage.read_text(path)).get("fingerprint") if storage.exists(path) else None
+
+
+def _announce(exp: ExperimentConfig, arm: str, restore: bool, concurrency: int) -> None:
+    t = exp.tune
+    budget = f", stopped at {t.max_trial_epochs} trial-epochs" if t.max_trial_epochs else ""
+    scheduler = f"ASHA (grace {t.grace_period}, factor {t.reduction_factor:g})" if t.scheduler == "asha" else "FIFO"
+    print(
+        f"tune: {SEARCH_TITLES[arm]}{' (resumed)' if restore else ''}, {t.num_samples} trials of up to "
+        f"{t.max_epochs} epochs{budget}, {t.sampler.upper()} seed {t.seed} + {scheduler}, {concurrency} at once "
+        f"({tune_dir(exp, arm)})",
+        flush=True,
+    )
+
+
+def run_search(
+    exp: ExperimentConfig, arm: str, prepared: str, gpu: bool, resources: dict, resume: bool
+) -> tuple[tune.ResultGrid | None, pd.DataFrame]:
+    """Run, resume or keep (when finished earlier) one of the experiment's searches; write its record
+    (search.json) and, once every trial has ended, its results table, which marks the search finished. Returns
+    its ResultGrid (None when kept) and table. An interrupted search (Ctrl-C: Tune saves its state and returns)
+    raises KeyboardInterrupt, so that nothing runs after it and ``--resume`` continues it."""
+    path = tune_dir(exp, arm)
+    if storage.exists(storage.join(path, "results.parquet")):
+        print(f"tune: {SEARCH_TITLES[arm]} finished earlier; kept ({path}/results.parquet)", flush=True)
+        return None, read_results(path)
+    restore = resume and tune.Tuner.can_restore(path)
+    _announce(exp, arm, restore, max_concurrent(exp, resources, gpu))
+    fingerprint = dataset_fingerprint(prepared)
+    spent = (read_search_record(path) or {}).get("wall_s", 0.0) if restore else 0.0
+    started = time.monotonic()
+
+    def record(table: pd.DataFrame | None) -> None:
+        wall = spent + time.monotonic() - started  # this session's time added to the earlier sessions'
+        write_search_record(search_record(exp, arm, fingerprint, wall, table), path)
+
+    try:
+        grid = make_tuner(exp, prepared, gpu, resources, restore, arm).fit()
+    except BaseException:
+        record(None)
+        raise
+    if grid.num_terminated + grid.num_errors < len(grid):
+        record(None)
+        print(f"tune: {SEARCH_TITLES[arm]} interrupted; continue it with `skintune tune ... --resume`", flush=True)
+        raise KeyboardInterrupt
+    table = trials_table(grid, exp)
+    record(table)
+    write_results(table, path)
+    return grid, table
+
+
 def run_tune(exp: ExperimentConfig, resume: bool = False):
-    """Prepare data, run (or resume) the search, write the results table; return (ResultGrid, table)."""
+    """Prepare data, run (or resume) the experiment's searches (:func:`search_arms`), write each one's results
+    table and record; return the MTL search's (ResultGrid, table); the grid is None if it had finished earlier."""
     from tuner.data_step import ensure_data
     from tuner.ray_runtime import init_ray, use_gpu
-    from tuner.results import trials_table, write_results
 
     check_start(exp, resume)
-    load_space(exp.search_space, known_keys=TRAIN_KEYS)  # validate before any work is done
+    for arm in search_arms(exp):
+        arm_space(exp, arm)  # validate before any work is done
     prepared = ensure_data(exp)
     resources = init_ray(min_cpus=min_cluster_cpus(exp))
     gpu = use_gpu(exp.train.use_gpu)
     write_experiment_yaml(exp)
-    grid = make_tuner(exp, prepared, gpu, resources, resume).fit()
-    table = trials_table(grid, exp)
-    write_results(table, tune_dir(exp))
-    return grid, table
+    found = {arm: run_search(exp, arm, prepared, gpu, resources, resume) for arm in search_arms(exp)}
+    return found[MTL]

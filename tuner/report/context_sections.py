@@ -26,10 +26,14 @@ def _num(x, digits: int = 4) -> str:
     return "n/a" if x is None or x != x else f"{x:.{digits}g}" if isinstance(x, float) else str(x)
 
 
-def _compute_table(inp: Inputs) -> Table:
+def _compute_table(inp: Inputs, baseline_trials=None) -> Table:
     train = inp.config.get("train") or {}
     rows = search_mod.compute(
-        inp.trials, inp.metrics, int(train.get("workers_per_trial", 1)), bool(inp.summary.get("gpu"))
+        inp.trials,
+        inp.metrics,
+        int(train.get("workers_per_trial", 1)),
+        bool(inp.summary.get("gpu")),
+        baseline_trials,
     )
     return Table(
         ["stage", "trial-epochs", "wall-hours (sum over runs)", "GPU-hours"],
@@ -69,20 +73,45 @@ def _best_blocks(found: search_mod.Search, metric: str) -> list:
     return blocks
 
 
+def _baseline_blocks(inp: Inputs, found: dict[str, search_mod.ArmSearch], metric: str, mode: str, out: Path):
+    """The baseline, labelled for what it is, and with a tuned baseline both searches side by side: their
+    budgets and what they spent, and their best-so-far curves in one plot."""
+    kind = str(inp.summary.get("baseline_kind"))
+    label = search_mod.BASELINE_LABELS.get(kind, "not recorded (summary.json has no baseline_kind)")
+    blocks: list = [Heading("Baseline search"), Text(f"Single-task baseline: {label}.")]
+    if search_mod.SINGLE_TASK not in found:
+        if kind == "ablation":
+            blocks.append(Text("The ablation baseline had no search of its own: it reuses the MTL search's best."))
+        return blocks
+    arms = list(found.values())
+    blocks.append(Table(["", *(s.title for s in arms)], search_mod.budget_rows(found)))
+    curves = {s.arm: s.trials for s in arms if s.trials is not None and not s.trials.empty}
+    if len(curves) == 2:
+        fig = plots.best_so_far(curves, {s.arm: s.title for s in arms}, metric, mode, out / "best_so_far.png")
+        blocks.append(Figure(fig, "Best objective so far over each search's trials (same budget, same sampler seed)"))
+    notes = search_mod.budget_notes(found)
+    return blocks + ([Bullets(notes)] if notes else [])
+
+
 def search(inp: Inputs, out: Path) -> Section:
     section = Section(TITLES["search"])
+    tune = inp.config.get("tune") or {}
+    metric, mode = tune.get("metric", "val/lesion_bacc"), tune.get("mode", "max")
+    found_searches = search_mod.searches(inp.experiment_dir, inp.summary)
+    baseline = found_searches.get(search_mod.SINGLE_TASK)
+    baseline_trials = baseline.trials if baseline is not None else None
+    baseline_blocks = _baseline_blocks(inp, found_searches, metric, mode, out)
     if inp.trials is None or inp.trials.empty:
         section.blocks = [
             Text(
                 "No search results (tune/results.parquet is absent): the retrained configuration "
                 "did not come from a search in this experiment."
             ),
+            *baseline_blocks,
             Heading("Compute"),
-            _compute_table(inp),
+            _compute_table(inp, baseline_trials),
         ]
         return section
-    tune = inp.config.get("tune") or {}
-    metric, mode = tune.get("metric", "val/lesion_bacc"), tune.get("mode", "max")
     found = search_mod.analyse(inp.trials, inp.config, inp.summary.get("best_trial"))
     counts = Table(
         ["outcome", "trials"],
@@ -107,7 +136,7 @@ def search(inp: Inputs, out: Path) -> Section:
         ]
     if found.notes:
         blocks.append(Bullets(found.notes))
-    blocks += [Heading("Compute"), _compute_table(inp)]
+    blocks += [*baseline_blocks, Heading("Compute"), _compute_table(inp, baseline_trials)]
     section.blocks = blocks
     return section
 

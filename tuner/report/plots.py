@@ -179,6 +179,27 @@ def objective(trials: pd.DataFrame, metric: str, mode: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+def best_so_far(curves: dict[str, pd.DataFrame], labels: dict[str, str], metric: str, mode: str, path: Path) -> Path:
+    """The best objective so far over each search's trials (creation order), one line per search (``curves``:
+    arm -> its trials; ``labels``: arm -> legend text), so that searches with the same budget can be compared."""
+    fig, ax = plt.subplots(figsize=(8, 3.4))
+    for arm, trials in curves.items():
+        values = trials["best_objective"].to_numpy(dtype=float)
+        filled = np.where(np.isfinite(values), values, -np.inf if mode == "max" else np.inf)
+        best = np.maximum.accumulate(filled) if mode == "max" else np.minimum.accumulate(filled)
+        x = np.arange(1, len(trials) + 1)
+        color = ARM_COLORS.get(arm, "#555")
+        ax.step(x, np.where(np.isfinite(best), best, np.nan), where="post", color=color, lw=1.6, label=labels[arm])
+        ax.scatter(x[np.isfinite(values)], values[np.isfinite(values)], color=color, s=14, alpha=0.5, zorder=3)
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_xlabel("trials run (creation order)")
+    ax.set_ylabel(f"best {metric} so far")
+    ax.set_title("best objective so far: each search (dots: each trial's best)")
+    _legend_right(ax)
+    _style(ax)
+    return _save(fig, path)
+
+
 def importances(found: dict[str, float], path: Path) -> Path:
     names = list(found)[::-1]
     fig, ax = plt.subplots(figsize=(7, 0.4 * len(names) + 1.3))

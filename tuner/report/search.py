@@ -1,5 +1,6 @@
 """What the search did: trial outcomes, the best trial and its edge-of-range parameters, Optuna's parameter
-importances (on an in-memory study rebuilt from ``tune/results.parquet``) and the compute spent.
+importances (on an in-memory study rebuilt from ``tune/results.parquet``) and the compute spent; and, with a
+tuned baseline, its own search beside the MTL search (:func:`searches`: budgets, trials, what each spent).
 
 The results table holds Tune's trial config, in which ``scale_by`` parameters are already multiplied by their
 factor; the study gets the base value back (value / factor), as Optuna sampled it.
@@ -7,9 +8,11 @@ factor; the study gets the base value back (value / factor), as Optuna sampled i
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -17,6 +20,13 @@ import pandas as pd
 
 from search_spaces import Param, SearchSpace, load_space
 from trainables.errors import UserError
+from tuner.layout import MTL, SEARCH_TITLES, SINGLE_TASK, tune_name
+from tuner.results import SEARCH_RECORD, budget_differences
+
+BASELINE_LABELS = {
+    "ablation": "ablation (MTL's best configuration with the site head off)",
+    "tuned": "tuned (the best trial of its own single-task search, with the MTL search's budget)",
+}
 
 STATUSES = ("completed", "stopped_early", "diverged", "error")
 USABLE = ("completed", "stopped_early")  # trials with an objective value Optuna may learn from
@@ -169,11 +179,19 @@ def analyse(trials: pd.DataFrame, config: dict, best_id: str | None) -> Search:
     return Search(trials, counts, best, params, found, notes)
 
 
-def compute(trials: pd.DataFrame | None, metrics: dict[str, list[dict]], workers: int, gpu: bool) -> list[dict]:
-    """Trial-epochs, wall hours and (with GPUs) GPU-hours of the search and of the retraining."""
+def compute(
+    trials: pd.DataFrame | None,
+    metrics: dict[str, list[dict]],
+    workers: int,
+    gpu: bool,
+    baseline_trials: pd.DataFrame | None = None,
+) -> list[dict]:
+    """Trial-epochs, wall hours and (with GPUs) GPU-hours of the search, the tuned baseline's search (when given)
+    and the retraining."""
     rows = []
-    if trials is not None:
-        rows.append(("search", float(trials["epochs"].fillna(0).sum()), float(trials["wall_s"].fillna(0).sum())))
+    for stage, table in (("search", trials), ("single-task baseline search", baseline_trials)):
+        if table is not None:
+            rows.append((stage, float(table["epochs"].fillna(0).sum()), float(table["wall_s"].fillna(0).sum())))
     runs = [m for arm in metrics.values() for m in arm]
     rows.append(
         (
@@ -187,3 +205,114 @@ def compute(trials: pd.DataFrame | None, metrics: dict[str, list[dict]], workers
         gpu_h = wall * workers / 3600 if gpu else None
         out.append({"stage": stage, "trial_epochs": epochs, "wall_hours": wall / 3600, "gpu_hours": gpu_h})
     return out
+
+
+@dataclass
+class ArmSearch:
+    """One of the experiment's searches as the report shows it: its trials (None where not readable here) and
+    its record (search.json; None for a search run before skintune wrote them)."""
+
+    arm: str
+    title: str
+    trials: pd.DataFrame | None
+    record: dict | None
+
+
+def _read_search(folder: Path) -> tuple[pd.DataFrame | None, dict | None]:
+    table, record = folder / "results.parquet", folder / SEARCH_RECORD
+    trials = pd.read_parquet(table).sort_values("trial_id", kind="stable") if table.is_file() else None
+    try:
+        found = json.loads(record.read_text()) if record.is_file() else None
+    except json.JSONDecodeError:
+        found = None
+    return (None if trials is None else trials.reset_index(drop=True)), found
+
+
+def searches(experiment_dir: Path, summary: dict) -> dict[str, ArmSearch]:
+    """The MTL search and, when there is one, the tuned baseline's: this experiment's ``tune_single_task/``, or
+    the other experiment's search retrain used (``summary.json``: ``baseline_search``, ``budgets``)."""
+    budgets = summary.get("budgets") or {}
+    found = {}
+    for arm in (MTL, SINGLE_TASK):
+        trials, record = _read_search(experiment_dir / tune_name(arm))
+        if arm == SINGLE_TASK and trials is None and summary.get("baseline_search"):
+            other = Path(str(summary["baseline_search"]))  # another experiment's search (readable when local)
+            trials, record = _read_search(other) if other.is_dir() else (None, None)
+        record = record or budgets.get(arm)
+        if trials is not None or record is not None:
+            found[arm] = ArmSearch(arm, SEARCH_TITLES[arm], trials, record)
+    return found
+
+
+def _spent(s: ArmSearch) -> tuple[float, float]:
+    """(trials run, trial-epochs): the record's, else counted in the table."""
+    r = s.record or {}
+    counted = (math.nan, math.nan) if s.trials is None else (len(s.trials), s.trials["epochs"].fillna(0).sum())
+    trials = r.get("trials_run")
+    epochs = r.get("trial_epochs")
+    return float(counted[0] if trials is None else trials), float(counted[1] if epochs is None else epochs)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds:
+        return "n/a"
+    return f"{seconds / 60:.1f} min" if seconds < 3 * 3600 else f"{seconds / 3600:.2f} h"
+
+
+def budget_rows(found: dict[str, ArmSearch]) -> list[list[str]]:
+    """Rows of the side-by-side budget table (one column per search): what each was given, then what it spent."""
+    arms = list(found.values())
+
+    def given(key: str, fmt=str) -> list[str]:
+        values = [(s.record or {}).get(key) for s in arms]
+        return ["n/a" if s.record is None else "-" if v is None else fmt(v) for s, v in zip(arms, values, strict=True)]
+
+    def sampler(r: dict) -> str:
+        return f"{str(r.get('sampler')).upper()}, seed {r.get('seed')}"
+
+    def scheduler(r: dict) -> str:
+        if r.get("scheduler") != "asha":
+            return str(r.get("scheduler"))
+        return f"ASHA (grace {r.get('grace_period')}, factor {r.get('reduction_factor'):g})"
+
+    spent = [_spent(s) for s in arms]
+    trial_hours = [
+        "n/a" if s.trials is None else f"{float(s.trials['wall_s'].fillna(0).sum()) / 3600:.2f}" for s in arms
+    ]
+
+    def space(s: ArmSearch) -> str:
+        name = (s.record or {}).get("search_space")
+        if name is None:
+            return "n/a"
+        return f"`{name}`" if s.arm == MTL else f"`{name}` minus its scientific parameters, multitask: false"
+
+    return [
+        ["search space", *(space(s) for s in arms)],
+        ["trials (num_samples)", *given("num_samples")],
+        ["max epochs a trial", *given("max_epochs")],
+        ["trial-epoch budget (max_trial_epochs)", *given("max_trial_epochs")],
+        ["sampler", *(("n/a" if s.record is None else sampler(s.record)) for s in arms)],
+        ["scheduler", *(("n/a" if s.record is None else scheduler(s.record)) for s in arms)],
+        ["objective", *given("metric")],
+        ["data (fingerprint)", *given("dataset_fingerprint", lambda v: f"`{str(v)[:16]}`")],
+        ["trials run", *("n/a" if t != t else f"{t:.0f}" for t, _ in spent)],
+        ["trial-epochs run", *("n/a" if e != e else f"{e:.0f}" for _, e in spent)],
+        ["wall time of the search", *(_duration((s.record or {}).get("wall_s")) for s in arms)],
+        ["trial wall-hours (sum over trials)", *trial_hours],
+    ]
+
+
+def budget_notes(found: dict[str, ArmSearch]) -> list[str]:
+    """What keeps the two searches from being an equal-budget pair, if anything."""
+    mtl, single = found.get(MTL), found.get(SINGLE_TASK)
+    if mtl is None or single is None:
+        return []
+    if mtl.record is None or single.record is None:
+        return ["A search has no search.json (it ran before skintune recorded budgets): equal budgets not checked."]
+    differences = budget_differences(mtl.record, single.record)
+    if differences:
+        return [f"The searches' budgets differ (baseline vs MTL): {'; '.join(differences)}."]
+    return [
+        "Both searches had the same budget, sampler and seed, scheduler and prepared data (search.json); the "
+        "baseline's search space is the MTL space minus its scientific parameters, with the site head off."
+    ]

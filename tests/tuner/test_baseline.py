@@ -1,0 +1,188 @@
+"""The equal-budget tuned baseline (``compare: {baseline: tuned}``): its config, layout and search space, the
+budget check of retrain (unit tests, no Ray), and the whole pipeline on a real local Ray: tune runs both
+searches, retrain uses the baseline's best trial, the report shows both budgets."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
+from trainables.errors import UserError
+from tuner.cli import main
+from tuner.layout import SINGLE_TASK, runs_dir, search_arms, tune_dir
+from tuner.report import plots
+from tuner.report import search as search_mod
+from tuner.results import BUDGET_FIELDS, read_search_record, search_record, write_results, write_search_record
+from tuner.retrain import search_budgets
+from tuner.searcher import arm_space
+from tuner.tune_run import write_experiment_yaml
+
+FOLDERS = {"mtl": "tune", SINGLE_TASK: "tune_single_task"}
+
+
+def _error(capsys, argv: list[str]) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("skintune: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_compare_section_defaults_to_the_ablation_and_refuses_typos(make_experiment, tmp_path, capsys):
+    exp = make_experiment("plain")
+    assert exp.compare.baseline == "ablation" and search_arms(exp) == ("mtl",)
+    tuned = make_experiment("tuned", compare={"baseline": "tuned"})
+    assert search_arms(tuned) == ("mtl", "single_task")
+    for bad, words in (({"baseline": "tunde"}, ("compare.baseline", "tuned")), ({"arms": 2}, ("compare.arms",))):
+        raw = yaml.safe_load((tmp_path / "plain.yaml").read_text())
+        (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**raw, "compare": bad}))
+        err = _error(capsys, ["tune", "--config", str(tmp_path / "bad.yaml")])
+        assert "bad.yaml" in err and all(w in err for w in words), err
+
+
+def test_each_search_has_its_own_folder_and_the_mtl_one_keeps_its_path(make_experiment):
+    exp = make_experiment("layout", compare={"baseline": "tuned"})
+    root = Path(exp.experiment_dir)
+    assert Path(tune_dir(exp)) == Path(tune_dir(exp, "mtl")) == root / "tune"  # old experiments keep working
+    assert Path(tune_dir(exp, SINGLE_TASK)) == root / "tune_single_task"
+    assert Path(runs_dir(exp, SINGLE_TASK)) == root / "tune_single_task" / "runs"
+
+
+def test_the_baseline_space_is_the_experiments_own_minus_its_scientific_parameters(make_experiment):
+    exp = make_experiment("spaces", compare={"baseline": "tuned"})
+    mtl, single = arm_space(exp), arm_space(exp, SINGLE_TASK)
+    assert mtl.scientific() == ["w_site"] and single.scientific() == []
+    assert single.nuisance() == mtl.nuisance() and single.defaults()["multitask"] is False
+    already = make_experiment("already", search_space="single_task", compare={"baseline": "tuned"})
+    with pytest.raises(UserError, match="already single-task"):
+        arm_space(already, SINGLE_TASK)
+
+
+def _finished_search(exp, arm: str = "mtl", fingerprint: str = "fp-1", **params) -> dict:
+    """A finished search's results table and record (search.json), as `tune` writes them."""
+    row = {"trial_id": f"{arm}_0", "status": "completed", "epochs": 2, "best_objective": 0.5, "wall_s": 3.0}
+    table = pd.DataFrame([{**row, **{f"param/{k}": v for k, v in params.items()}}])
+    Path(tune_dir(exp, arm)).mkdir(parents=True, exist_ok=True)
+    write_results(table, tune_dir(exp, arm))
+    record = search_record(exp, arm, fingerprint, 12.5, table)
+    write_search_record(record, tune_dir(exp, arm))
+    write_experiment_yaml(exp)
+    return record
+
+
+def test_search_record_holds_the_budget_and_what_was_spent(make_experiment):
+    exp = make_experiment("record", tune={"scheduler": "none", "sampler": "random", "max_trial_epochs": 9})
+    record = _finished_search(exp, lr_head=1e-3)
+    assert read_search_record(tune_dir(exp)) == record
+    assert record["num_samples"] == 4 and record["max_epochs"] == 2 and record["max_trial_epochs"] == 9
+    assert record["scheduler"] == "none" and record["grace_period"] is None and record["tpe_startup_trials"] is None
+    assert record["trials_run"] == 1 and record["trial_epochs"] == 2 and record["wall_s"] == 12.5
+    assert record["dataset_fingerprint"] == "fp-1" and record["finished"] is True and set(BUDGET_FIELDS) <= set(record)
+    assert read_search_record(tune_dir(exp, SINGLE_TASK)) is None
+
+
+def test_a_baseline_search_with_another_budget_or_data_is_refused_in_one_line(make_experiment, tmp_path, capsys):
+    mtl = make_experiment("mtl", compare={"baseline": "tuned"})
+    _finished_search(mtl, lr_head=1e-3, w_site=1.0)
+    common = ["retrain", "--storage", mtl.storage, "--experiment", "mtl"]
+
+    # another experiment's search with twice the trials
+    other = make_experiment("st", search_space="single_task", tune={"num_samples": 8})
+    _finished_search(other, lr_head=5e-4)
+    err = _error(capsys, [*common, "--baseline", "tuned", "--baseline-experiment", "st"])
+    assert "differs from the MTL search" in err and "num_samples: 8 vs 4" in err, err
+
+    # the experiment's own baseline search (the default baseline: compare.baseline), on other data
+    _finished_search(mtl, SINGLE_TASK, fingerprint="fp-2", lr_head=2e-4)
+    err = _error(capsys, common)
+    assert "tune_single_task" in err and "dataset_fingerprint: fp-2 vs fp-1" in err and "num_samples" not in err
+
+    # the same budget and data: both records go to summary.json
+    _finished_search(mtl, SINGLE_TASK, lr_head=2e-4)
+    budgets = search_budgets(mtl, "tuned", None)
+    assert budgets["mtl"]["arm"] == "mtl" and budgets[SINGLE_TASK]["arm"] == SINGLE_TASK
+    assert {f: budgets["mtl"][f] for f in BUDGET_FIELDS} == {f: budgets[SINGLE_TASK][f] for f in BUDGET_FIELDS}
+    assert search_budgets(mtl, "ablation", None)[SINGLE_TASK] is None  # the ablation is never refused
+
+    # a search without a record (run before skintune wrote them) cannot be checked
+    Path(tune_dir(mtl, SINGLE_TASK), "search.json").unlink()
+    err = _error(capsys, common)
+    assert "tune_single_task/search.json not found" in err and "--baseline ablation" in err
+
+
+def test_budget_table_and_best_so_far_plot(make_experiment, tmp_path):
+    exp = make_experiment("budgets")
+    found = {}
+    for arm, values in (("mtl", [0.4, math.nan, 0.6]), (SINGLE_TASK, [0.5, 0.45, 0.55])):
+        record = search_record(exp, arm, "fp", 90.0, pd.DataFrame({"epochs": [2, 1, 2]}))
+        trials = pd.DataFrame({"best_objective": values, "epochs": [2, 1, 2], "wall_s": 30.0})
+        found[arm] = search_mod.ArmSearch(arm, search_mod.SEARCH_TITLES[arm], trials, record)
+    rows = {r[0]: r[1:] for r in search_mod.budget_rows(found)}
+    assert rows["trials run"] == ["3", "3"] and rows["trial-epochs run"] == ["5", "5"]
+    assert rows["wall time of the search"] == ["1.5 min", "1.5 min"] and rows["scheduler"][0].startswith("ASHA")
+    assert "same budget" in search_mod.budget_notes(found)[0]
+    found[SINGLE_TASK].record["seed"] = 7
+    assert "seed: 7 vs 0" in search_mod.budget_notes(found)[0]
+    labels = {arm: s.title for arm, s in found.items()}
+    png = plots.best_so_far({a: s.trials for a, s in found.items()}, labels, "val/x", "max", tmp_path / "b.png")
+    Image.open(png).verify()
+
+
+@pytest.mark.ray
+def test_tuned_baseline_pipeline_tune_retrain_compare(ray_cluster, make_experiment, tmp_path, capsys):
+    # smoke sizes: 2 trials of 1 epoch in each search, 1 worker a trial (two trials at once on the test cluster)
+    exp = make_experiment(
+        "tuned",
+        compare={"baseline": "tuned"},
+        tune={"num_samples": 2, "max_epochs": 1, "grace_period": 1},
+        train={"workers_per_trial": 1, "epochs": 1},
+        retrain={"seeds": 2},
+    )
+    config, root = str(tmp_path / "tuned.yaml"), Path(exp.experiment_dir)
+    assert main(["tune", "--config", config]) == 0
+    printed = capsys.readouterr().out
+    assert "tune: MTL search, 2 trials" in printed and "tune: single-task baseline search, 2 trials" in printed
+
+    # two searches, each with its own table, runs and record; the same budget and data
+    mtl = pd.read_parquet(root / "tune" / "results.parquet")
+    single = pd.read_parquet(root / "tune_single_task" / "results.parquet")
+    assert len(mtl) == len(single) == 2 and (single["status"] != "error").all()
+    assert mtl["param/w_site"].notna().all() and "param/w_site" not in single
+    assert (single["param/multitask"] == False).all()  # noqa: E712 - a column of numpy bools
+    assert single["checkpoint_path"].map(lambda p: "tune_single_task/runs/" in str(p)).all()
+    records = {arm: json.loads((root / folder / "search.json").read_text()) for arm, folder in FOLDERS.items()}
+    fingerprint = json.loads((Path(exp.prepared_dir) / "dataset.json").read_text())["fingerprint"]
+    for record in records.values():
+        assert record["finished"] and record["trials_run"] == 2 and record["trial_epochs"] == 2 and record["wall_s"] > 0
+        assert record["dataset_fingerprint"] == fingerprint
+    assert {f: records["mtl"][f] for f in BUDGET_FIELDS} == {f: records[SINGLE_TASK][f] for f in BUDGET_FIELDS}
+
+    # --resume after both finished: each search is kept, not rerun
+    tables = {p: p.stat().st_mtime_ns for p in root.glob("tune*/results.parquet")}
+    assert main(["tune", "--config", config, "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("finished earlier; kept") == 2
+    assert {p: p.stat().st_mtime_ns for p in root.glob("tune*/results.parquet")} == tables
+
+    # retrain: the baseline is the single-task search's best trial (compare.baseline is the default)
+    common = ["--storage", exp.storage, "--experiment", "tuned"]
+    assert main(["retrain", *common]) == 0
+    summary = json.loads((root / "retrain" / "summary.json").read_text())
+    assert summary["baseline_kind"] == "tuned" and summary["budgets"]["single_task"]["arm"] == "single_task"
+    best = single.sort_values("best_objective", ascending=False).iloc[0]
+    assert summary["baseline_config"]["lr_head"] == pytest.approx(best["param/lr_head"])
+    assert summary["baseline_config"]["multitask"] is False and summary["config"]["multitask"] is True
+
+    # the report: both searches' budgets side by side, their best-so-far curves, the baseline named for what it is
+    assert main(["compare", *common]) == 0
+    markdown = (root / "report" / "report.md").read_text()
+    assert "Baseline search" in markdown and "tuned (the best trial of its own single-task search" in markdown
+    budget_row = next(line for line in markdown.splitlines() if line.startswith("| trial-epochs run"))
+    assert budget_row.replace(" ", "") == "|trial-epochsrun|2|2|"
+    assert "| MTL search | single-task baseline search |" in markdown and "same budget" in markdown
+    Image.open(root / "report" / "best_so_far.png").verify()
