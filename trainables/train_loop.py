@@ -156,6 +156,24 @@ def _all_sum(values: list[float], device) -> list[float]:
     return t.tolist()
 
 
+def average_loss_grads(loss_fn: torch.nn.Module, world: int) -> None:
+    """Average the gradients of the loss's own parameters (the learned task weights) over the ranks.
+
+    DDP averages the gradients of the module it wraps, the model; the loss sits outside it, so without this each
+    rank would step its task weights on its own batch and the ranks' copies would drift apart. One all-reduce per
+    step, in the same step: every rank then holds the same weights, and only rank 0's are checkpointed."""
+    grads = [p.grad for p in loss_fn.parameters() if p.grad is not None]
+    if world < 2 or not grads or not (dist.is_available() and dist.is_initialized()):
+        return
+    flat = torch.cat([g.flatten() for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def train_epoch(run: Run, epoch: int, on_first_step=None) -> dict:
     run.model.train()
     run.train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
@@ -171,8 +189,9 @@ def train_epoch(run: Run, epoch: int, on_first_step=None) -> dict:
         out = run.loss_fn(lesion_logits.float(), None if site_logits is None else site_logits.float(), lesion, site)
         run.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
-        if run.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+        average_loss_grads(run.loss_fn, run.world)
+        if run.cfg.grad_clip > 0:  # the model's and the loss's parameters, clipped together
+            torch.nn.utils.clip_grad_norm_([*run.model.parameters(), *run.loss_fn.parameters()], run.cfg.grad_clip)
         run.optimizer.step()
         run.scheduler.step()
         n = len(lesion)

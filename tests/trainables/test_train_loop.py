@@ -30,7 +30,10 @@ def _ddp_probe(config: dict) -> None:
     run.train_loader.sampler.set_epoch(0)
     seen = list(iter(run.train_loader.sampler))
     train_epoch(run, 0)
-    flat = torch.cat([p.detach().flatten() for p in unwrap(run.model).parameters()])
+    # every trainable parameter: the model's and the loss's (the learned task weights with `uncertainty`)
+    trainable = [p for p in (*unwrap(run.model).parameters(), *run.loss_fn.parameters()) if p.requires_grad]
+    flat = torch.cat([p.detach().flatten() for p in trainable])
+    loss_params = torch.cat([p.detach().flatten() for p in run.loss_fn.parameters()] or [torch.zeros(0)])
     weights = [torch.zeros_like(flat) for _ in range(ctx.get_world_size())]
     dist.all_gather(weights, flat)
     indices: list = [None] * ctx.get_world_size()
@@ -38,6 +41,8 @@ def _ddp_probe(config: dict) -> None:
     metrics = {
         "max_weight_diff": max(float((w - weights[0]).abs().max()) for w in weights),
         "weights_moved": float((flat - flat.new_tensor(0)).abs().sum()),
+        "loss_params": len(loss_params),
+        "loss_params_moved": float(loss_params.abs().sum()),  # log-variances start at 0
         "shared_indices": len(set(indices[0]) & set(indices[1])),
         "indices_per_rank": len(indices[0]),
     }
@@ -47,9 +52,10 @@ def _ddp_probe(config: dict) -> None:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-def test_two_ddp_workers_hold_identical_weights_on_disjoint_data(ray_cluster, make_experiment, tmp_path):
+@pytest.mark.parametrize("weighting", ["fixed", "uncertainty"])
+def test_two_ddp_workers_hold_identical_weights_on_disjoint_data(ray_cluster, make_experiment, tmp_path, weighting):
     exp = make_experiment()
-    config = {**exp.train.train_config(), "prepared": exp.prepared_dir}
+    config = {**exp.train.train_config(), "prepared": exp.prepared_dir, "loss_weighting": weighting}
     trainer = TorchTrainer(
         _ddp_probe,
         train_loop_config=config,
@@ -58,8 +64,10 @@ def test_two_ddp_workers_hold_identical_weights_on_disjoint_data(ray_cluster, ma
     )
     result = trainer.fit()
     assert result.error is None
-    assert result.metrics["max_weight_diff"] == 0.0
+    assert result.metrics["max_weight_diff"] == 0.0  # model and loss parameters alike, on both ranks
     assert result.metrics["weights_moved"] > 0
+    assert result.metrics["loss_params"] == (2 if weighting == "uncertainty" else 0)
+    assert (result.metrics["loss_params_moved"] > 0) == (weighting == "uncertainty")
     assert result.metrics["shared_indices"] == 0 and result.metrics["indices_per_rank"] > 10
 
 
