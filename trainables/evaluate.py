@@ -115,6 +115,7 @@ def evaluate_checkpoint(checkpoint_dir: str, split: str = "test", batch_size: in
     frame = pd.DataFrame(
         {
             "image_id": [dataset.image_ids[i] for i in pred.index],
+            "group_id": [dataset.group_ids[i] for i in pred.index],
             "lesion": pred.lesion,
             "site": pred.site,
             "lesion_probs": list(pred.lesion_probs.astype("float32")),

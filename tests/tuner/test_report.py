@@ -87,6 +87,7 @@ def make_experiment(root: Path, with_search: bool = True) -> Path:
     lesion = rng.integers(0, 3, N)
     site = np.where(rng.random(N) < 0.1, -1, rng.integers(0, 2, N))
     frame = pd.DataFrame({"image_id": [f"img{i:03d}" for i in range(N)], "lesion": lesion, "site": site})
+    frame["group_id"] = [f"lesion{i // 2:03d}" for i in range(N)]  # two images per lesion
     for seed in SEEDS:
         _write_run(
             exp / "retrain" / "mtl" / f"seed_{seed}",
@@ -206,6 +207,18 @@ def test_verdict_appears(report):
     sentence = re.search(r"> \*\*(MTL is better than single-task by [\d.]+ points of balanced accuracy[^*]*)\*\*", md)
     assert sentence, md[:2000]
     assert sentence.group(1).split(" (")[0] in page
+
+
+def test_statistics_are_described_as_computed(report):
+    md = (report / "report.md").read_text()
+    assert f"the {N // 2} lesion groups of the {N} test images" in md  # the bootstrap's second level
+    assert "new training run, on new lesions" in md  # the estimand in words
+    assert f"Only {len(SEEDS)} seed(s)" in md  # fewer than 5 seeds: said
+    rows = [line for line in md.splitlines() if line.startswith("| balanced accuracy |") or "| exploratory |" in line]
+    assert rows[0].startswith("| balanced accuracy | primary |") and len(rows) == 3  # the objective decides
+    assert all(line.count("|") == 9 and line.rstrip(" |").split("|")[-1].strip() for line in rows[1:])  # Holm p
+    class_rows = [line for line in md.splitlines() if line.startswith(("| MEL |", "| NV |", "| BCC |"))]
+    assert len(class_rows) == 6 and all(" to " in line for line in class_rows[:3])  # per-class CIs (3 more: data)
 
 
 def test_without_search_and_without_retrain(tmp_path):

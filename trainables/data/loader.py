@@ -79,7 +79,7 @@ class ShardDataset(Dataset):
         if not files:
             raise UserError(f"{prepared}: no shards for split {split!r}; rerun `skintune prepare`")
         table = pa.concat_tables(
-            pq.read_table(f, columns=["image_id", "image", "lesion", "site"]) for f in files
+            pq.read_table(f, columns=["image_id", "group_id", "image", "lesion", "site"]) for f in files
         ).combine_chunks()
         if limit is not None:
             table = table.slice(0, limit)
@@ -87,6 +87,7 @@ class ShardDataset(Dataset):
         self.lesion = table.column("lesion").to_numpy().astype(np.int64)
         self.site = table.column("site").to_numpy().astype(np.int64)
         self.image_ids = table.column("image_id").to_pylist()
+        self.group_ids = table.column("group_id").to_pylist()  # the lesion (or patient): the statistics' unit
         self.transform = transform
         self.split = split
         self.encoded = encoded  # items hold the JPEG bytes (a uint8 tensor), decoded later: see DeviceDecoded

@@ -34,6 +34,7 @@ class Inputs:
     image_ids: np.ndarray  # (n,) test images, one order for every seed and arm
     lesion: np.ndarray  # (n,) true lesion class
     site: np.ndarray  # (n,) true site, -1 = missing
+    groups: np.ndarray | None  # (n,) lesion (or patient) group ids; None in predictions written before they were
     probs: dict[str, list[np.ndarray]]  # arm -> one (n, n_lesion) array per seed
     site_probs: list[np.ndarray | None]  # MTL site head, one (n, n_site) array per seed
     metrics: dict[str, list[dict]]  # arm -> metrics.json per seed
@@ -171,6 +172,7 @@ def load_inputs(experiment_dir: str | Path) -> Inputs:
         image_ids=ref.index.to_numpy(),
         lesion=ref["lesion"].to_numpy(dtype=int),
         site=ref["site"].to_numpy(dtype=int),
+        groups=ref["group_id"].astype(str).to_numpy() if "group_id" in ref.columns else None,
         probs=probs,
         site_probs=site_probs,
         metrics=metrics,

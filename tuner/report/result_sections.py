@@ -11,7 +11,7 @@ import pandas as pd
 from trainables.metrics import confusion_matrix
 from tuner import stats
 from tuner.report import plots
-from tuner.report.comparison import Comparison
+from tuner.report.comparison import ESTIMAND, FEW_SEEDS, Comparison, rate_intervals
 from tuner.report.load import ARMS, Inputs
 from tuner.report.render import Bullets, Figure, Heading, Section, Table, Text
 
@@ -48,25 +48,26 @@ def _eq(p_text: str) -> str:
     return p_text if p_text.startswith("<") else f"= {p_text}"
 
 
-def _primary(inp: Inputs, comparisons: list[Comparison]) -> Comparison:
-    wanted = str(inp.summary.get("objective", "val/lesion_bacc")).replace("val/", "test/", 1)
-    return next((c for c in comparisons if c.key == wanted), comparisons[0])
+def _primary(comparisons: list[Comparison]) -> Comparison:
+    return next((c for c in comparisons if c.primary), comparisons[0])
 
 
 def _headline_table(comparisons: list[Comparison]) -> Table:
-    cols = ["test metric", "MTL mean ± sd", "single-task mean ± sd", "MTL - single-task (points)", "95 % CI"]
+    cols = ["test metric", "role", "MTL mean ± sd", "single-task mean ± sd", "MTL - single-task (points)", "95 % CI"]
     rows = [
         [
             c.name,
+            "primary" if c.primary else "exploratory",
             fmt_ms(c.per_seed["mtl"]),
             fmt_ms(c.per_seed["single_task"]),
             fmt_points(c.diff),
             f"{fmt_points(c.low)} to {fmt_points(c.high)}",
             stats.format_p(c.p_value),
+            "" if c.p_holm is None else stats.format_p(c.p_holm),
         ]
         for c in comparisons
     ]
-    return Table([*cols, "p (permutation)"], rows)
+    return Table([*cols, "p (permutation)", "p (Holm, exploratory)"], rows)
 
 
 def _seed_table(inp: Inputs, comparisons: list[Comparison]) -> Table:
@@ -75,21 +76,38 @@ def _seed_table(inp: Inputs, comparisons: list[Comparison]) -> Table:
     return Table(["seed", *cols], rows)
 
 
-def _explain(inp: Inputs, mc: dict, notes: list[str]) -> Bullets:
+def _explain(inp: Inputs, comparisons: list[Comparison], mc: dict, notes: list[str]) -> Bullets:
     method = "exact binomial" if mc["method"] == "exact" else "chi-square, continuity-corrected"
     p_mc = _eq(stats.format_p(mc["p_value"]))
     baseline = BASELINE.get(
         str(inp.summary.get("baseline_kind")), "summary.json does not say how the baseline was chosen."
     )
+    main = _primary(comparisons)
+    if inp.groups is None:
+        units = f"the {len(inp.lesion)} test images (their lesion ids are not in the predictions: each image is "
+        units += "its own group, which is too narrow when a lesion has several images)"
+    else:
+        units = f"the {len(np.unique(inp.groups))} lesion groups of the {len(inp.lesion)} test images"
+    few = (
+        [
+            f"Only {len(inp.seeds)} seed(s): the seed-to-seed variance, and so the CI, is poorly estimated; "
+            f"use at least {FEW_SEEDS} (`retrain.seeds`)."
+        ]
+        if len(inp.seeds) < FEW_SEEDS
+        else []
+    )
     return Bullets(
         [
-            f"Seeds: {len(inp.seeds)}; sd is over seeds. The CI is a paired bootstrap over the {len(inp.lesion)} "
-            "test images (one resample shared by every seed and both models); the p-value is a paired "
-            "permutation test that swaps the two models' predictions image by image. Both use the mean over "
-            "seeds of the difference.",
-            f"McNemar on accuracy, pooled over seeds: {mc['b']} predictions right only with MTL, {mc['c']} "
-            f"right only with single-task; p {p_mc} ({method}). Pooling treats an image's predictions in "
-            "different seeds as independent, so this p is optimistic; the verdict uses the permutation test.",
+            f"What is estimated: {ESTIMAND}. The CI is a two-level paired bootstrap: each resample draws the "
+            f"{len(inp.seeds)} training runs (seeds) and {units} with replacement, the same draw for both models. "
+            "The p-value is a permutation test that swaps the two models' predictions within each (seed, lesion) "
+            "cell. Both use the mean over seeds of the difference; sd is over seeds.",
+            *few,
+            f"The verdict rests on one primary metric, the search objective ({main.name}); it needs both the CI to "
+            "exclude 0 and p < 0.05. The other metrics are exploratory; their p-values are Holm-adjusted.",
+            f"Exploratory: McNemar on accuracy, pooled over seeds: {mc['b']} predictions right only with MTL, "
+            f"{mc['c']} right only with single-task; p {p_mc} ({method}). It treats every image and seed as "
+            "independent, so this p is optimistic.",
             baseline,
             *notes,
         ]
@@ -97,7 +115,7 @@ def _explain(inp: Inputs, mc: dict, notes: list[str]) -> Bullets:
 
 
 def headline(inp: Inputs, comparisons: list[Comparison], mc: dict, notes: list[str], out: Path) -> Section:
-    main = _primary(inp, comparisons)
+    main = _primary(comparisons)
     sentence = stats.verdict(
         main.diff, main.low, main.high, main.p_value, metric_name=main.name, test="paired permutation test"
     )
@@ -114,7 +132,7 @@ def headline(inp: Inputs, comparisons: list[Comparison], mc: dict, notes: list[s
             _headline_table(comparisons),
             Figure(fig, caption),
             Heading("How to read this"),
-            _explain(inp, mc, notes),
+            _explain(inp, comparisons, mc, notes),
             Heading("Per seed"),
             _seed_table(inp, comparisons),
         ],
@@ -127,7 +145,9 @@ def _counts_by_seed(inp: Inputs, arm: str, fn, *args) -> tuple[np.ndarray, np.nd
     return pairs[0][0], np.stack([c for _, c in pairs])
 
 
-def _rate_rows(labels: list[str], n: np.ndarray, correct: dict[str, np.ndarray]) -> tuple[list, dict]:
+def _rate_rows(
+    labels: list[str], n: np.ndarray, correct: dict[str, np.ndarray], intervals: list[dict | None]
+) -> tuple[list, dict]:
     rates = {arm: np.where(n > 0, correct[arm] / np.maximum(n, 1), np.nan) for arm in ARMS}
     rows = []
     for j, label in enumerate(labels):
@@ -137,8 +157,11 @@ def _rate_rows(labels: list[str], n: np.ndarray, correct: dict[str, np.ndarray])
                 ", ".join(str(int(k)) for k in correct[arm][:, j]),
                 fmt_ms(rates[arm][:, j]) if n[j] else "n/a",
             ]
-        delta = np.mean(rates["mtl"][:, j] - rates["single_task"][:, j]) if n[j] else np.nan
-        rows.append([*cells, fmt_points(delta) if n[j] else "n/a"])
+        ci = intervals[j]
+        if ci is None:
+            rows.append([*cells, "n/a", "n/a"])
+        else:
+            rows.append([*cells, fmt_points(ci["diff"]), f"{fmt_points(ci['low'])} to {fmt_points(ci['high'])}"])
     return rows, rates
 
 
@@ -151,6 +174,7 @@ def _rate_cols(group: str, rate: str) -> list[str]:
         "single-task correct (per seed)",
         f"single-task {rate}",
         f"Δ {rate} (points)",
+        "95 % CI (exploratory)",
     ]
 
 
@@ -158,7 +182,8 @@ def per_class(inp: Inputs, out: Path) -> Section:
     k = len(inp.lesion_classes)
     counts = {arm: _counts_by_seed(inp, arm, stats.class_recall_counts, k) for arm in ARMS}
     n = counts["mtl"][0]
-    rows, rates = _rate_rows(inp.lesion_classes, n, {arm: c for arm, (_, c) in counts.items()})
+    intervals = rate_intervals(inp, [inp.lesion == c for c in range(k)])
+    rows, rates = _rate_rows(inp.lesion_classes, n, {arm: c for arm, (_, c) in counts.items()}, intervals)
     fig = plots.grouped_rates(
         inp.lesion_classes,
         n,
@@ -172,7 +197,9 @@ def per_class(inp: Inputs, out: Path) -> Section:
         [
             Text(
                 "Counts, not only rates: for a rare class one image moves the recall by a lot. "
-                "'correct (per seed)' lists how many of the class's test images each seed's model got right."
+                "'correct (per seed)' lists how many of the class's test images each seed's model got right. "
+                "The Δ's CI is the two-level bootstrap of the headline, per class: exploratory, not adjusted "
+                "for the number of classes."
             ),
             Table(_rate_cols("class", "recall"), rows),
             Figure(fig, "Recall per class, MTL vs single-task"),
@@ -187,7 +214,9 @@ def per_site(inp: Inputs, out: Path) -> Section:
     keep = [j for j in range(s + 1) if n[j] > 0]  # the "missing" slot only when some site is missing
     labels = [[*inp.site_classes, "(missing)"][j] for j in keep]
     correct = {arm: c[:, keep] for arm, (_, c) in counts.items()}
-    rows, rates = _rate_rows(labels, n[keep], correct)
+    slot = np.where(inp.site < 0, s, inp.site)
+    intervals = rate_intervals(inp, [slot == j for j in keep])
+    rows, rates = _rate_rows(labels, n[keep], correct, intervals)
     fig = plots.grouped_rates(
         labels,
         n[keep],
