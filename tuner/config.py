@@ -92,7 +92,7 @@ class TrainSection(TrainConfig):
 
 
 class RetrainSection(_Strict):
-    seeds: int = Field(3, ge=1)
+    seeds: int = Field(5, ge=1, description="training runs per arm; below 5 the seed variance is poorly estimated")
 
 
 class CompareSection(_Strict):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from tuner.commands import recorded
 from tuner.report import plots
 from tuner.report import search as search_mod
 from tuner.report.load import Inputs
@@ -174,7 +175,7 @@ def data(inp: Inputs, out: Path) -> Section:
 
 def reproduction(inp: Inputs) -> Section:
     storage = inp.config.get("storage") or str(inp.experiment_dir.parent)
-    commands = [str(c) for c in inp.summary.get("commands") or []]
+    commands = recorded(str(inp.experiment_dir)) or [str(c) for c in inp.summary.get("commands") or []]
     commands.append(f"skintune compare --experiment {shlex.quote(inp.name)} --storage {shlex.quote(storage)}")
     return Section(
         TITLES["reproduction"],
