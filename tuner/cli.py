@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 from trainables.errors import UserError
+from tuner import commands
 from tuner.cli_cluster import add_check_cluster, add_jobs, add_submit
 
 EXAMPLES = """\
@@ -102,6 +103,7 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     from tuner.tune_run import run_tune
 
     _, table = run_tune(exp, resume=args.resume)
+    commands.record(exp.experiment_dir, args.argv)
     counts = table["status"].value_counts().to_dict()
     print(
         f"tune: {len(table)} trials ({', '.join(f'{n} {s}' for s, n in counts.items())}); "
@@ -147,6 +149,7 @@ def _cmd_retrain(args: argparse.Namespace) -> None:
     if args.baseline_experiment:
         baseline_exp = _experiment(argparse.Namespace(storage=args.storage, experiment=args.baseline_experiment))
     table = run_retrain(exp, seeds=args.seeds, baseline=args.baseline, baseline_exp=baseline_exp)
+    commands.record(exp.experiment_dir, args.argv)
     summary = table.groupby("arm")["test/lesion_bacc"].agg(["mean", "std", "count"])
     for arm, row in summary.iterrows():
         print(
@@ -474,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by the steps that make an experiment
     try:
         args.handler(args)
     except UserError as exc:
