@@ -241,7 +241,7 @@ def test_preprocessing_equals_validation_loader(exported, tmp_path):
     shard.parent.mkdir()
     blobs = [prepare_image(p, SIZE, 90) for p in images]  # what `skintune prepare` stores
     ids, zeros = [p.stem for p in images], [0] * len(blobs)
-    pq.write_table(pa.table({"image_id": ids, "image": blobs, "lesion": zeros, "site": zeros}), shard)
+    pq.write_table(pa.table({"image_id": ids, "group_id": ids, "image": blobs, "lesion": zeros, "site": zeros}), shard)
     (tmp_path / "dataset.json").write_text(json.dumps({"shards": [{"file": "shards/val-0.parquet", "split": "val"}]}))
     norm = data_config("test_efficientnet")
     ds = ShardDataset(tmp_path, "val", transform=build_transforms(SIZE, norm["mean"], norm["std"], train=False))
