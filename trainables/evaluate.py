@@ -92,7 +92,8 @@ def predict(model, loader: DataLoader, loss_fn, device, rank: int = 0, world: in
 
 
 def split_metrics(pred: Predictions, lesion_classes: list[str], prefix: str) -> tuple[dict, np.ndarray]:
-    """DESIGN.md metrics of one split (``<prefix>/lesion_bacc``...) and the lesion confusion matrix."""
+    """The metrics of one split (``<prefix>/lesion_bacc``...: docs/design.md, "Metric names") and the lesion
+    confusion matrix."""
     metrics = {"loss": pred.loss, **lesion_metrics(pred.lesion, pred.lesion_probs, lesion_classes)}
     if pred.site_probs is not None:
         metrics.update(site_metrics(pred.site, pred.site_probs))

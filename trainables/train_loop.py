@@ -271,8 +271,8 @@ def train_worker(config: dict) -> None:
     if run.rank == 0:  # a restart trains epochs from start_epoch again: drop what an interrupted start logged
         drop_stale_events(cfg.tensorboard_dir, start_epoch, len(run.train_loader), run.writer)
     if start_epoch > 0:
-        # a restart reports the restored epoch again: Tune may not have logged it before a kill (its saved state
-        # can lag, reference/ray.md); Tune's loggers keep one row per epoch (tuner/tune_run.py, LoggedEpochs)
+        # a restart reports the restored epoch again: Tune may not have logged it before a kill (it saves its state
+        # only every ~10 s); Tune's loggers keep one row per epoch (tuner/tune_callbacks.py, LoggedEpochs)
         ray.train.report(metrics)
     if start_epoch >= cfg.epochs or metrics.get("diverged"):
         return  # finished (or diverged) before the restart

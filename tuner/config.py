@@ -1,4 +1,4 @@
-"""The experiment YAML (DESIGN.md, "Experiment config"): typed once at the edge, every error reported together.
+"""The experiment YAML (README, "Configuration"): typed once at the edge, every error reported together.
 
 Relative paths in the YAML (``data.root``, ``data.prepared``, ``storage``) are relative to the current working
 directory; ``~`` is expanded. ``storage`` may also be a URI (``s3://bucket/prefix``).
