@@ -2,10 +2,10 @@
 
 - ``val`` / ``test``: the exported seed's metrics from its ``retrain/mtl/seed_<k>/metrics.json``;
 - ``over_seeds``: mean, sd (ddof 1) and per-seed values of every test metric all MTL seeds report;
-- ``bootstrap``: 95 % percentile bootstrap CIs over the test images of the exported seed (from its
-  ``predictions.parquet``) of lesion balanced accuracy, accuracy, macro one-vs-rest AUC, site accuracy and
-  site balanced accuracy, each with the point estimate (:mod:`tuner.stats`, the report's resampling code);
-  ``None`` without predictions;
+- ``bootstrap``: 95 % percentile bootstrap CIs of the exported seed's test metrics (from its
+  ``predictions.parquet``), resampling lesion groups (a lesion's images are drawn together), for lesion balanced
+  accuracy, accuracy, macro one-vs-rest AUC, site accuracy and site balanced accuracy, each with the point
+  estimate (:mod:`tuner.stats`, the report's resampling code); ``None`` without predictions;
 - ``per_site``: per body site (and ``missing``), images, lesion accuracy and the site head's accuracy;
 - ``mtl_vs_single_task``: ``report/ci.json`` as ``skintune compare`` wrote it, when there is one.
 """
@@ -53,21 +53,35 @@ def build_metrics(exp_dir: Path, runs: dict[int, dict], chosen: int, labels: dic
 
 
 def bootstrap_ci(preds: pd.DataFrame, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
-    """Percentile bootstrap over the rows of ``preds`` (columns lesion, site, lesion_probs, site_probs)."""
+    """Percentile bootstrap over the lesion groups of ``preds`` (columns lesion, site, lesion_probs, site_probs,
+    group_id; every image of a drawn lesion comes along, as in the report), or over its rows when the predictions
+    predate the group_id column."""
     y = preds["lesion"].to_numpy(np.int64)
     p = np.stack(preds["lesion_probs"].to_numpy()).astype(np.float64)
+    groups = preds["group_id"].astype(str).to_numpy() if "group_id" in preds else None
     ci = functools.partial(stats.bootstrap_ci, n_boot=n_boot, seed=seed, level=level)
     metrics = {
-        "test/lesion_bacc": ci(y, p, stats.balanced_accuracy),
-        "test/lesion_acc": ci(y, p, stats.accuracy),
-        "test/lesion_auc": ci(y, p, stats.macro_auc),
+        "test/lesion_bacc": ci(y, p, stats.balanced_accuracy, groups=groups),
+        "test/lesion_acc": ci(y, p, stats.accuracy, groups=groups),
+        "test/lesion_auc": ci(y, p, stats.macro_auc, groups=groups),
     }
     site_p, s = _site_probs(preds), preds["site"].to_numpy(np.int64)
     known = s != -1
     if site_p is not None and known.any():  # the site head is scored on images with a known site only
-        metrics["test/site_acc"] = ci(s[known], site_p[known], stats.accuracy)
-        metrics["test/site_bacc"] = ci(s[known], site_p[known], stats.balanced_accuracy)
-    return {"level": level, "n_boot": n_boot, "n_images": len(y), "seed": seed, "metrics": metrics}
+        known_groups = None if groups is None else groups[known]
+        metrics["test/site_acc"] = ci(s[known], site_p[known], stats.accuracy, groups=known_groups)
+        metrics["test/site_bacc"] = ci(s[known], site_p[known], stats.balanced_accuracy, groups=known_groups)
+    unit = "image" if groups is None else "lesion group"
+    n_units = len(y) if groups is None else len(np.unique(groups))
+    return {
+        "level": level,
+        "n_boot": n_boot,
+        "n_images": len(y),
+        "unit": unit,
+        "n_units": n_units,
+        "seed": seed,
+        "metrics": metrics,
+    }
 
 
 def per_site(preds: pd.DataFrame, labels: dict) -> dict:

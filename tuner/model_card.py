@@ -112,7 +112,7 @@ def _metrics(metrics: dict, labels: BundleLabels) -> str:
     lines = [
         "\n## Metrics (held-out test split)",
         f"Exported seed {metrics.get('seed')}, chosen by {how}. Mean ± sd over {len(seeds)} retrain seed(s) "
-        f"{seeds}; 95 % CI: percentile bootstrap over the test images of the exported seed.\n",
+        f"{seeds}; 95 % CI: percentile bootstrap over the test lesions of the exported seed.\n",
         _tr("metric", "exported seed", "95 % CI", "mean ± sd over seeds"),
         _tr(*["---"] * 4),
     ]

@@ -215,6 +215,19 @@ def test_bootstrap_estimates_match_sklearn_and_bracket_the_cis():
         assert ci[key]["high"] - ci[key]["low"] > 0, key
 
 
+def test_bootstrap_resamples_lesions_when_the_predictions_name_them():
+    preds = _predictions(np.random.default_rng(4), 30)
+    per_image = bootstrap_ci(preds, n_boot=300)
+    assert (per_image["unit"], per_image["n_units"]) == ("image", 30)  # predictions without group ids
+    # each image three times under its own lesion id: the same lesions, so the same intervals
+    once = bootstrap_ci(preds.assign(group_id=preds["image_id"]), n_boot=300)
+    tripled = preds.loc[preds.index.repeat(3)].assign(group_id=lambda f: f["image_id"]).reset_index(drop=True)
+    grouped = bootstrap_ci(tripled, n_boot=300)
+    assert (grouped["unit"], grouped["n_units"], grouped["n_images"]) == ("lesion group", 30, 90)
+    for key, value in once["metrics"].items():
+        assert grouped["metrics"][key] == pytest.approx(value), key
+
+
 def test_torchscript_matches_eager_and_probabilities_sum_to_one(exported):
     _, out, images = exported
     eager, traced = load_bundle(out, "safetensors"), load_bundle(out, "torchscript")
