@@ -42,10 +42,10 @@ def _stage(n: int, total: int, text: str) -> float:
 
 
 def _tune(exp: ExperimentConfig) -> None:
-    from tuner.layout import tune_dir
+    from tuner.layout import search_arms, tune_dir
     from tuner.tune_run import run_tune
 
-    if Path(tune_dir(exp), "results.parquet").exists():
+    if all(Path(tune_dir(exp, arm), "results.parquet").exists() for arm in search_arms(exp)):  # every search
         print("tune: finished earlier; kept")
         return
     run_tune(exp, resume=tune.Tuner.can_restore(tune_dir(exp)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -16,8 +17,9 @@ from PIL import Image
 from trainables.errors import UserError
 from tuner.cli import main
 from tuner.layout import SINGLE_TASK, runs_dir, search_arms, tune_dir
-from tuner.report import plots
+from tuner.report import context_sections, plots, render
 from tuner.report import search as search_mod
+from tuner.report.render import Section
 from tuner.results import BUDGET_FIELDS, read_search_record, search_record, write_results, write_search_record
 from tuner.retrain import search_budgets
 from tuner.searcher import arm_space
@@ -131,6 +133,14 @@ def test_budget_table_and_best_so_far_plot(make_experiment, tmp_path):
     labels = {arm: s.title for arm, s in found.items()}
     png = plots.best_so_far({a: s.trials for a, s in found.items()}, labels, "val/x", "max", tmp_path / "b.png")
     Image.open(png).verify()
+
+    # the ablation is labelled for what it is; it has no search of its own to show
+    ablation = SimpleNamespace(summary={"baseline_kind": "ablation"})
+    text = render.markdown(
+        "t", "s", [Section("x", context_sections._baseline_blocks(ablation, {}, "m", "max", tmp_path))]
+    )
+    assert "Single-task baseline: ablation (MTL's best configuration with the site head off)" in text
+    assert "no search of its own" in text and not list(tmp_path.glob("best_so_far*"))
 
 
 @pytest.mark.ray

@@ -82,7 +82,12 @@ def _baseline_blocks(inp: Inputs, found: dict[str, search_mod.ArmSearch], metric
     blocks: list = [Heading("Baseline search"), Text(f"Single-task baseline: {label}.")]
     if search_mod.SINGLE_TASK not in found:
         if kind == "ablation":
-            blocks.append(Text("The ablation baseline had no search of its own: it reuses the MTL search's best."))
+            blocks.append(
+                Text(
+                    "The ablation had no search of its own: its hyperparameters were tuned for MTL. "
+                    "`compare: {baseline: tuned}` gives the baseline its own search with the MTL search's budget."
+                )
+            )
         return blocks
     arms = list(found.values())
     blocks.append(Table(["", *(s.title for s in arms)], search_mod.budget_rows(found)))
