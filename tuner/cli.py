@@ -15,6 +15,7 @@ from pathlib import Path
 from trainables.errors import UserError
 from tuner import commands
 from tuner.cli_cluster import add_check_cluster, add_jobs, add_submit
+from tuner.ray_runtime import set_verbose
 
 EXAMPLES = """\
 the pipeline (each step resumes and skips finished work):
@@ -34,6 +35,12 @@ on a Ray cluster (see docs/cluster.md):
   skintune submit --address http://127.0.0.1:8265 -- tune --config experiments/demo.yaml --storage s3://B/st
   skintune jobs list | status JOB | logs JOB | stop JOB
 """
+
+RAY_COMMANDS = ("train", "tune", "retrain", "demo")  # the commands that run Ray (and take --verbose after them)
+VERBOSE_HELP = (
+    "show Ray's own output on the console too (its workers' logs, Tune's status tables); by default it goes only "
+    "to the experiment's driver log, <storage>/<experiment>/logs/driver.log"
+)
 
 
 def _parse_option(text: str) -> tuple[str, object]:
@@ -114,7 +121,7 @@ def _cmd_tune(args: argparse.Namespace) -> None:
         params = {k.removeprefix("param/"): v for k, v in best.items() if k.startswith("param/") and v == v}
         print(
             f"best trial {best['trial_id']}: {exp.tune.metric} = {best['best_objective']:.4f} "
-            f"(epoch {best['best_epoch']}) with {params}"
+            f"(epoch {best['best_epoch']}) with {format_params(params)}"
         )
     if exp.compare.baseline == "tuned":
         from tuner.results import read_results
@@ -125,6 +132,17 @@ def _cmd_tune(args: argparse.Namespace) -> None:
             f"{baseline['best_objective'].iloc[0]:.4f}; table: {tune_dir(exp, 'single_task')}/results.parquet"
         )
     print(f"TensorBoard: skintune tensorboard --storage {exp.storage} --experiment {exp.name}")
+
+
+def format_params(params: dict) -> str:
+    """``w_site=1, lr_head=0.003162, lesion_loss=ce``: values as values (a results-table cell is a numpy scalar,
+    which a dict would print as ``np.float64(1.0)``), floats to 4 significant digits."""
+
+    def value(v) -> str:
+        v = v.item() if hasattr(v, "item") else v
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    return ", ".join(f"{k}={value(v)}" for k, v in params.items())
 
 
 def _experiment(args: argparse.Namespace):
@@ -454,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in (
         _add_synth,
@@ -471,6 +490,8 @@ def build_parser() -> argparse.ArgumentParser:
         add_jobs,
     ):
         add(sub)
+    for name in RAY_COMMANDS:  # also after the command: `skintune tune --config X --verbose`
+        sub.choices[name].add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
@@ -478,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by the steps that make an experiment
+    set_verbose(args.verbose)
     try:
         args.handler(args)
     except UserError as exc:

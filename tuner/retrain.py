@@ -169,7 +169,7 @@ def run_retrain(
     trial_id, configs = arm_configs(exp, prepared, baseline, baseline_exp)
     seed_list = list(range(seeds or exp.retrain.seeds))
     root = retrain_dir(exp)
-    resources = init_ray(min_cpus=min_cluster_cpus(exp))
+    resources = init_ray(min_cpus=min_cluster_cpus(exp), log_dir=exp.experiment_dir)
     gpu = use_gpu(exp.train.use_gpu)
     summary = {
         "baseline_kind": baseline,

@@ -52,7 +52,7 @@ def run_train(exp: ExperimentConfig, name: str = "train"):
     from tuner.ray_runtime import init_ray, use_gpu
 
     prepared = ensure_data(exp)
-    init_ray(min_cpus=exp.train.workers_per_trial)
+    init_ray(min_cpus=exp.train.workers_per_trial, log_dir=exp.experiment_dir)
     config = {
         **exp.train.train_config(),
         "prepared": prepared,

@@ -1,5 +1,6 @@
 """What ``skintune tune`` hooks into Ray: the Train callback that reports each epoch to Tune
-(:class:`EpochReportCallback`) and Tune's loggers, each logging a trial's epoch once (:func:`epoch_loggers`).
+(:class:`EpochReportCallback`), Tune's loggers, each logging a trial's epoch once (:func:`epoch_loggers`), and the
+console's one line per trial (:class:`TrialLines`).
 
 Tune pickles its callbacks into the experiment's state, so they are importable at module level."""
 
@@ -9,6 +10,7 @@ import csv
 import math
 from pathlib import Path
 
+from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
 
@@ -89,3 +91,57 @@ def epoch_loggers() -> list:
     """Tune's three loggers (CSV, JSON, TensorBoard), each logging a trial's epoch once (see LoggedEpochs)."""
     logged = LoggedEpochs()
     return [OnceCSVLogger(logged), OnceJsonLogger(logged), OnceTBXLogger(logged)]
+
+
+class TrialLines(Callback):
+    """One console line per trial that ends, e.g.
+    ``tune: [2/4] trial 1aea97bd completed, 2 epochs, val/lesion_bacc 0.6123 (best so far 0.6123, trial 1aea97bd)``.
+
+    The status is the results table's (tuner/results.py): completed, stopped early (by ASHA or the trial-epoch
+    budget), diverged, error; the objective is the trial's best epoch's. A failed trial that Tune retries gets a
+    line too. Tune's own tables are shown with ``skintune --verbose`` (tuner/ray_runtime.py)."""
+
+    def __init__(self, metric: str, mode: str, max_epochs: int, num_samples: int, prefix: str = "tune"):
+        self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
+        self.num_samples, self.prefix = num_samples, prefix
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info):
+        self._line(trials, trial, self._status(trial.last_result or {}))
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info):
+        self._line(trials, trial, "error", f"; see {trial.path}/error.txt")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info):
+        epochs = int((trial.last_result or {}).get("epoch", 0) or 0)
+        print(
+            f"{self.prefix}: trial {trial.trial_id} failed after {_count(epochs, 'epoch')} "
+            f"(failure {trial.num_failures}); Tune retries it",
+            flush=True,
+        )
+
+    def _status(self, last: dict) -> str:
+        if float(last.get("diverged", 0.0) or 0.0) >= 1.0:
+            return "diverged"
+        return "completed" if int(last.get("epoch", 0) or 0) >= self.max_epochs else "stopped early"
+
+    def _best(self, trial) -> float | None:
+        found = (trial.metric_analysis or {}).get(self.metric)
+        return None if not found else float(found[self.mode])
+
+    def _line(self, trials: list, trial, status: str, tail: str = "") -> None:
+        ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")} | {trial.trial_id}
+        epochs = int((trial.last_result or {}).get("epoch", 0) or 0)
+        done = f"[{len(ended)}/{self.num_samples}]"
+        text = f"{self.prefix}: {done} trial {trial.trial_id} {status}, {_count(epochs, 'epoch')}"
+        value = self._best(trial)
+        if value is not None and math.isfinite(value):
+            scored = [(v, t.trial_id) for t in trials if (v := self._best(t)) is not None and math.isfinite(v)]
+            pick = max if self.mode == "max" else min
+            best = pick(v for v, _ in scored)
+            best_id = next(i for v, i in scored if v == best)  # on a tie, the earliest trial (as the table has it)
+            text += f", {self.metric} {value:.4f} (best so far {best:.4f}, trial {best_id})"
+        print(text + tail, flush=True)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"

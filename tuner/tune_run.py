@@ -38,6 +38,7 @@ from tuner.layout import (
     tune_dir,
     tune_name,
 )
+from tuner.ray_runtime import tune_verbosity
 from tuner.results import (
     read_results,
     read_search_record,
@@ -48,7 +49,7 @@ from tuner.results import (
 )
 from tuner.searcher import EpochBudget, arm_space, make_searcher
 from tuner.train_run import make_trainer
-from tuner.tune_callbacks import EpochReportCallback, epoch_loggers
+from tuner.tune_callbacks import EpochReportCallback, TrialLines, epoch_loggers
 
 
 def trial_driver(config: dict, exp: dict, prepared: str, use_gpu: bool, arm: str = MTL) -> None:
@@ -115,9 +116,9 @@ def make_tuner(
             name=tune_name(arm),
             storage_path=exp.experiment_dir,
             failure_config=tune.FailureConfig(max_failures=t.max_failures),
-            callbacks=epoch_loggers(),
+            callbacks=[*epoch_loggers(), TrialLines(t.metric, t.mode, t.max_epochs, t.num_samples, tune_name(arm))],
             stop=EpochBudget(t.max_trial_epochs) if t.max_trial_epochs else None,
-            verbose=1,
+            verbose=tune_verbosity(),  # Tune's tables only with --verbose; TrialLines prints a line per trial
         ),
     )
 
@@ -209,7 +210,7 @@ def run_tune(exp: ExperimentConfig, resume: bool = False):
     for arm in search_arms(exp):
         arm_space(exp, arm)  # validate before any work is done
     prepared = ensure_data(exp)
-    resources = init_ray(min_cpus=min_cluster_cpus(exp))
+    resources = init_ray(min_cpus=min_cluster_cpus(exp), log_dir=exp.experiment_dir)
     gpu = use_gpu(exp.train.use_gpu)
     write_experiment_yaml(exp)
     found = {arm: run_search(exp, arm, prepared, gpu, resources, resume) for arm in search_arms(exp)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -202,6 +203,18 @@ def test_driver_sigkilled_during_between_and_at_the_last_trial_resumes_each_tria
             if e not in t.epochs
         }
         assert set(range(1, MAX_EPOCHS + 1)) - set(epochs) <= lost, (trial.name, epochs, lost)
+    # the drivers' console: a line for each trial as it ended (twice when a kill came between its last row and
+    # Tune's saved state: it ran again), none of Ray's worker output, Tune's tables or its TensorBoard hint; those
+    # went to the experiment's driver log
+    console = log.read_text()
+    ended = re.findall(r"^tune: \[\d/3\] trial (\w+) completed, 3 epochs, val/lesion_bacc [\d.]+", console, re.M)
+    assert set(ended) == set(table["trial_id"]), console[-3000:]
+    for ray_text in ("Reporting training result", "/tmp/ray/session_", "Trial status", "(RayTrainWorker"):
+        assert ray_text not in console, ray_text
+    driver_log = (Path(exp.experiment_dir) / "logs" / "driver.log").read_text()
+    assert driver_log.count("---- skintune tune --config") == len(kills) + 1  # every driver session appended
+    assert "Reporting training result" in driver_log and "(RayTrainWorker pid=" in driver_log
+
     # a trial finished before a kill kept its results: not run or reported again
     for kill in kills:
         for name, text in kill.progress.items():

@@ -4,6 +4,7 @@ test_faults.py)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 import urllib.request
@@ -38,7 +39,7 @@ def _trial_dirs(exp) -> list[Path]:
     return sorted(p for p in Path(tune_dir(exp)).glob("trial_driver_*") if p.is_dir())
 
 
-def test_search_with_early_stopping_table_and_tensorboard(ray_cluster, make_experiment, tmp_path, free_port):
+def test_search_with_early_stopping_table_and_tensorboard(ray_cluster, make_experiment, tmp_path, free_port, capsys):
     # val/loss (continuous) as the objective so that ASHA can tell trials apart after one epoch
     study = f"sqlite:///{tmp_path / 'study.db'}"  # kept for optuna-dashboard
     exp = make_experiment(
@@ -54,6 +55,7 @@ def test_search_with_early_stopping_table_and_tensorboard(ray_cluster, make_expe
         },
     )
     _, table = run_tune(exp)
+    printed = capsys.readouterr().out
 
     saved = pd.read_parquet(Path(tune_dir(exp), "results.parquet"))
     assert len(saved) == len(table) == 5 and Path(tune_dir(exp), "results.csv").exists()
@@ -78,6 +80,22 @@ def test_search_with_early_stopping_table_and_tensorboard(ray_cluster, make_expe
     assert len(trials) == 5 and len(pruned) == len(stopped) and len(complete) == 5 - len(stopped)
     assert all(t.intermediate_values and max(t.intermediate_values) < 3 for t in pruned)
     assert sorted(t.value for t in complete) == sorted(saved.loc[saved["status"] != "stopped_early", "last_objective"])
+
+    # the console: one line per trial with its status, epochs and best objective as in the table; no Tune tables
+    # and no TensorBoard hint into Ray's session folder (tests/tuner/test_faults.py: the CLI's worker output)
+    lines = re.findall(
+        r"^tune: \[(\d)/5\] trial (\w+) (completed|stopped early), (\d) epochs?, val/loss ([\d.]+)", printed, re.M
+    )
+    assert sorted(int(n) for n, *_ in lines) == [1, 2, 3, 4, 5] and len({t for _, t, *_ in lines}) == 5, printed
+    by_id = saved.set_index("trial_id")
+    for _, trial_id, status, epochs, value in lines:
+        assert (
+            status.replace(" ", "_") == by_id.loc[trial_id, "status"] and int(epochs) == by_id.loc[trial_id, "epochs"]
+        )
+        assert float(value) == pytest.approx(by_id.loc[trial_id, "best_objective"], abs=1e-4)
+    for ray_text in ("Trial status", "/tmp/ray/session_", "To visualize your results", "Reporting training result"):
+        assert ray_text not in printed, ray_text
+    assert "A new study created in RDB" in (Path(exp.experiment_dir) / "logs" / "driver.log").read_text()
 
     # an existing experiment is never overwritten
     with pytest.raises(UserError, match="--resume"):
