@@ -1,4 +1,4 @@
-"""The ``skintune`` command line: one entry, one subcommand per pipeline step (DESIGN.md, "Pipeline").
+"""The ``skintune`` command line: one entry, one subcommand per pipeline step (docs/design.md, "Data flow").
 
 Heavy modules (torch, ray) are imported inside the handlers so that ``skintune --help`` answers at once.
 Bad input raises ``UserError``; it is printed as one line and the exit code is 2 (``--debug`` shows the
