@@ -38,11 +38,18 @@ class Param:
             return trial.suggest_int(self.name, self.low, self.high, step=self.step or 1, log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
 
+    def bounds(self) -> tuple[float | int, float | int]:
+        """``(low, high)`` of a float or int parameter (the validator requires both)."""
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.name}: a {self.type} parameter has no low/high bounds")
+        return self.low, self.high
+
     def midpoint(self) -> Any:
         """Deterministic centre: the first choice, or the (geometric) middle snapped to the step grid."""
         if self.type == "categorical":
             return self.choices[0]
-        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
+        low, high = self.bounds()
+        mid = math.sqrt(low * high) if self.log else (low + high) / 2
         if self.step is not None:
-            mid = self.low + round((mid - self.low) / self.step) * self.step
+            mid = low + round((mid - low) / self.step) * self.step
         return round(mid) if self.type == "int" else float(mid)

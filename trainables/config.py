@@ -14,6 +14,7 @@ import typing
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from trainables.errors import UserError
 
@@ -111,7 +112,7 @@ def format_validation_error(exc: ValidationError, prefix: str = "", model: type[
     return "; ".join(parts)
 
 
-def _problem(err: dict, model: type[BaseModel] | None) -> str:
+def _problem(err: ErrorDetails, model: type[BaseModel] | None) -> str:
     """One pydantic error as a message that says what to write instead."""
     if err["type"] == "extra_forbidden":
         allowed = _fields_at(model, err["loc"][:-1]) if model is not None else []

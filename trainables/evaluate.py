@@ -11,13 +11,14 @@ came from.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Subset
 
 from trainables import storage
 from trainables.checkpoint import load_meta, load_train_state, load_weights
@@ -40,7 +41,7 @@ class Predictions:
     loss: float  # mean total loss over the split
 
 
-def rank_slice(dataset: Dataset, rank: int, world: int) -> Subset:
+def rank_slice(dataset: ShardDataset, rank: int, world: int) -> Subset:
     return Subset(dataset, list(range(rank, len(dataset), world)))
 
 
@@ -53,7 +54,7 @@ def _gather(parts: dict) -> list[dict]:
 
 
 @torch.no_grad()
-def predict(model, loader: DataLoader, loss_fn, device, rank: int = 0, world: int = 1, autocast=None) -> Predictions:
+def predict(model, loader: Iterable, loss_fn, device, rank: int = 0, world: int = 1, autocast=None) -> Predictions:
     """Run ``model`` over ``loader`` (built on :func:`rank_slice`) and gather the whole split on every rank."""
     model.eval()
     lesion_p, site_p, les, sit, loss_sum = [], [], [], [], 0.0
@@ -109,6 +110,7 @@ def evaluate_checkpoint(checkpoint_dir: str, split: str = "test", batch_size: in
     info = load_info(prepared)
     parts = build_parts(cfg, info, with_loss=True)
     load_weights(checkpoint_dir, parts.model)
+    assert parts.loss is not None  # built with_loss
     parts.loss.load_state_dict(load_train_state(checkpoint_dir)["loss"])  # learned task weights, as trained
     dataset = ShardDataset(prepared, split, parts.eval_transform)
     pred = predict(parts.model, DataLoader(dataset, batch_size=batch_size), parts.loss, torch.device("cpu"))

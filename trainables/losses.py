@@ -50,6 +50,8 @@ class LesionLoss(nn.Module):
     smoothing term by its own class).
     """
 
+    weight: Tensor | None  # a registered buffer (moves with .to(), saved in the state dict)
+
     def __init__(
         self, kind: str = "ce", weight: Tensor | None = None, label_smoothing: float = 0.0, gamma: float = 2.0
     ):

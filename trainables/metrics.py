@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 from sklearn.metrics import confusion_matrix as _sk_confusion_matrix
 
@@ -40,7 +42,7 @@ def prefixed(metrics: Mapping[str, float], prefix: str) -> dict[str, float]:
     return {f"{prefix}/{key}": value for key, value in metrics.items()}
 
 
-def lesion_metrics(y_true: Sequence[int], probs: object, class_names: Sequence[str]) -> dict[str, float]:
+def lesion_metrics(y_true: ArrayLike, probs: object, class_names: Sequence[str]) -> dict[str, float]:
     """Balanced accuracy, macro one-vs-rest AUC, accuracy and per-class recall from class probabilities.
 
     ``probs`` is an ``(n, len(class_names))`` array or tensor of softmax outputs. Pass probabilities, not
@@ -61,7 +63,7 @@ def lesion_metrics(y_true: Sequence[int], probs: object, class_names: Sequence[s
     return out
 
 
-def site_metrics(y_true: Sequence[int], probs_or_pred: object) -> dict[str, float]:
+def site_metrics(y_true: ArrayLike, probs_or_pred: object) -> dict[str, float]:
     """``site_acc`` and ``site_bacc`` over rows with a known site; ``{}`` when no row has one.
 
     ``probs_or_pred`` is ``(n, n_sites)`` probabilities/logits or ``(n,)`` predicted indices.
@@ -79,7 +81,7 @@ def site_metrics(y_true: Sequence[int], probs_or_pred: object) -> dict[str, floa
     return {SITE_ACC: float(accuracy_score(y[known], pred[known])), SITE_BACC: bacc}
 
 
-def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], n: int) -> np.ndarray:
+def confusion_matrix(y_true: ArrayLike, y_pred: ArrayLike, n: int) -> np.ndarray:
     """``(n, n)`` counts, rows = true class, columns = predicted, every class in ``range(n)`` included."""
     return _sk_confusion_matrix(_as_numpy(y_true), _as_numpy(y_pred), labels=list(range(n)))
 
@@ -90,7 +92,7 @@ def _macro_ovr_auc(y: np.ndarray, p: np.ndarray, present: np.ndarray) -> float:
     return float(np.mean([roc_auc_score(y == c, p[:, c]) for c in present]))
 
 
-def _as_numpy(x: object) -> np.ndarray:
+def _as_numpy(x: Any) -> np.ndarray:
     if hasattr(x, "detach"):  # a torch tensor (any device, bf16 included), without importing torch here
         x = x.detach().cpu()
         x = (x.float() if x.is_floating_point() else x).numpy()

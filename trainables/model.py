@@ -12,6 +12,7 @@ return ``None``, so a traced single-task model returns an empty ``(batch, 0)`` s
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import cast
 
 import timm
 import torch
@@ -29,7 +30,8 @@ class MultiTaskNet(nn.Module):
         self.dropout = nn.Dropout(dropout)
         # Width of the pooled output: MobileNetV3/V4 add a head conv after the last stage, so ``num_features``
         # (the stage width) is not it; timm calls the output width ``head_hidden_size``.
-        width = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+        # (an nn.Module attribute reads as Tensor | Module to a type checker; timm sets both as ints)
+        width = cast(int, getattr(backbone, "head_hidden_size", None) or backbone.num_features)
         self.lesion_head = nn.Linear(width, num_lesion_classes)
         self.site_head = nn.Linear(width, num_site_classes) if num_site_classes > 0 else None
         self.weights_source = RANDOM_INIT  # set by build_model: where the backbone weights came from

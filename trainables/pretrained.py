@@ -109,6 +109,7 @@ def _read_weights_file(path: str) -> dict[str, torch.Tensor]:
     the ``backbone.`` part of a skintune checkpoint."""
     if not os.path.isfile(path):
         raise UserError(f"weights file {path} not found: fix the path or set pretrained: false")
+    state: object  # what the file holds, checked below
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file

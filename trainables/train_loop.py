@@ -16,7 +16,10 @@ import math
 import random
 import tempfile
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import ray.train
@@ -33,7 +36,7 @@ from trainables.data.loader import DeviceDecoded, ShardDataset, collate_encoded
 from trainables.data.prepare import load_info
 from trainables.evaluate import predict, rank_slice, split_metrics
 from trainables.factory import ModelParts, build_parts
-from trainables.model import param_groups
+from trainables.model import MultiTaskNet, param_groups
 from trainables.tensorboard import confusion_figure, drop_stale_events, log_config, log_hparams, open_writer
 
 DIVERGED_LOSS = 1.0e6  # what a diverged run reports for its losses: finite, and worse than any real run
@@ -52,10 +55,10 @@ class Run:
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    train_loader: DataLoader
-    val_loader: DataLoader
-    writer: object
-    autocast: object  # a context-manager factory, or None on CPU
+    train_loader: DataLoader | DeviceDecoded
+    val_loader: DataLoader | DeviceDecoded
+    writer: Any  # a SummaryWriter on rank 0 (or an UploadingWriter around one), a NullWriter on the others
+    autocast: Callable[[], AbstractContextManager] | None  # a context-manager factory, or None on CPU
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -68,7 +71,7 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
 
 def _loaders(
     cfg: TrainConfig, prepared: str, parts: ModelParts, rank: int, world: int, on_gpu: bool, decode_on=None
-) -> tuple[DataLoader, DataLoader]:
+) -> tuple[DataLoader | DeviceDecoded, DataLoader | DeviceDecoded]:
     """The train and val loaders of this rank, with the transforms of ``parts``. With ``decode_on`` (a device:
     ``train.gpu_decode`` on a GPU) their batches are decoded and transformed on that device
     (:class:`DeviceDecoded`), not in the loader workers."""
@@ -76,11 +79,13 @@ def _loaders(
     encoded = decode_on is not None
     train_set = ShardDataset(prepared, "train", None if encoded else train_tf, limit=cfg.limit_train, encoded=encoded)
     val_set = ShardDataset(prepared, "val", None if encoded else val_tf, encoded=encoded)
-    common = dict(num_workers=cfg.loader_workers, pin_memory=on_gpu, persistent_workers=cfg.loader_workers > 0)
+    common: dict[str, Any] = dict(
+        num_workers=cfg.loader_workers, pin_memory=on_gpu, persistent_workers=cfg.loader_workers > 0
+    )
     if encoded:
         common["collate_fn"] = collate_encoded
     # Our own DistributedSampler (seeded by the run's seed); prepare_data_loader then only moves batches to device.
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[int] = DistributedSampler(
         train_set,
         num_replicas=world,
         rank=rank,
@@ -107,16 +112,17 @@ def setup(cfg: TrainConfig, rank: int, world: int) -> Run:
     prepared = storage.local_dir(cfg.prepared)  # a node-local copy when the shards are on cloud storage
     info = load_info(prepared)
     parts = build_parts(cfg, info, pretrained_weights=True, with_loss=True)
-    model = parts.model
-    weights_source = model.weights_source
+    model: torch.nn.Module = parts.model
+    weights_source = parts.model.weights_source
     if on_gpu and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = prepare_model(model)
     if cfg.compile:
-        model = torch.compile(model)
+        model = cast(torch.nn.Module, torch.compile(model))  # an OptimizedModule (torch types it as a callable)
     torch.manual_seed(cfg.seed + rank)  # augmentation randomness differs per rank
+    assert parts.loss is not None  # built with_loss
     loss_fn = parts.loss.to(device)
-    groups = param_groups(unwrap(model), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay)
+    groups = param_groups(cast(MultiTaskNet, unwrap(model)), cfg.lr_backbone, cfg.lr_head, cfg.weight_decay)
     if any(True for _ in loss_fn.parameters()):  # learned uncertainty weights train with the heads
         groups.append({"params": list(loss_fn.parameters()), "lr": cfg.lr_head, "weight_decay": 0.0})
     optimizer = torch.optim.AdamW(groups)
@@ -176,7 +182,8 @@ def average_loss_grads(loss_fn: torch.nn.Module, world: int) -> None:
 
 def train_epoch(run: Run, epoch: int, on_first_step=None) -> dict:
     run.model.train()
-    run.train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
+    sampler = cast(DistributedSampler, run.train_loader.sampler)  # the one _loaders made
+    sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
     sums = [0.0, 0.0, 0.0, 0.0]  # loss, lesion, site, images
     steps = len(run.train_loader)
     for i, (images, lesion, site) in enumerate(run.train_loader):
@@ -204,11 +211,11 @@ def train_epoch(run: Run, epoch: int, on_first_step=None) -> dict:
             run.writer.add_scalar(name, v, step)
         run.writer.add_scalar("lr", run.scheduler.get_last_lr()[0], step)
     total = _all_sum(sums, run.device)
-    n = max(total[3], 1.0)
+    images_seen = max(total[3], 1.0)
     return {
-        "train/loss": total[0] / n,
-        "train/loss_lesion": total[1] / n,
-        "train/loss_site": total[2] / n,
+        "train/loss": total[0] / images_seen,
+        "train/loss_lesion": total[1] / images_seen,
+        "train/loss_site": total[2] / images_seen,
         "lr": run.scheduler.get_last_lr()[0],
     }
 

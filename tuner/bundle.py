@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Final, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from trainables.config import TrainConfig, format_validation_error, parse_train_config
 from trainables.errors import UserError
 
-EXPORT_FORMAT = "skintune-export"
+EXPORT_FORMAT: Final = "skintune-export"
 FORMAT_VERSION = 1
 WEIGHTS, TORCHSCRIPT, CONFIG, LABELS = "model.safetensors", "model.torchscript.pt", "config.json", "labels.json"
 METRICS, CARD = "metrics.json", "MODEL_CARD.md"
@@ -106,14 +106,18 @@ def read_bundle_files(folder: Path) -> tuple[BundleConfig, BundleLabels]:
     config, labels = _read_json(folder / CONFIG), _read_json(folder / LABELS)
     if not isinstance(config, dict) or config.get("format") != EXPORT_FORMAT:
         raise UserError(f"{folder / CONFIG}: not a skintune export config (no format {EXPORT_FORMAT!r})")
-    parsed = []
-    for path, data, model in ((folder / CONFIG, config, BundleConfig), (folder / LABELS, labels, BundleLabels)):
-        try:
-            parsed.append(model.model_validate(data))
-        except ValidationError as exc:
-            problem = format_validation_error(exc, model=model)
-            raise UserError(f"{path}: {problem}; re-export the model") from None
-    return parsed[0], parsed[1]
+    return _parse(folder / CONFIG, config, BundleConfig), _parse(folder / LABELS, labels, BundleLabels)
+
+
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _parse(path: Path, data: Any, model: type[_Model]) -> _Model:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problem = format_validation_error(exc, model=model)
+        raise UserError(f"{path}: {problem}; re-export the model") from None
 
 
 def _read_json(path: Path):

@@ -143,6 +143,6 @@ def validate_cluster_file(path: str | Path) -> dict:
     out["provider"] = {k: prepared["provider"].get(k) for k in ("type", "region")}
     workers = [n for n in prepared["available_node_types"] if n != head]
     out["head"], out["workers"] = _node(prepared, head), [_node(prepared, n) for n in workers]
-    workers = "; ".join(f"{w['label']} x{w['min_workers']}-{w['max_workers']}" for w in out["workers"]) or "none"
-    out["text"] = f"{path.name}: valid (head: {out['head']['label']}; workers: {workers})"
+    listed = "; ".join(f"{w['label']} x{w['min_workers']}-{w['max_workers']}" for w in out["workers"]) or "none"
+    out["text"] = f"{path.name}: valid (head: {out['head']['label']}; workers: {listed})"
     return out

@@ -13,8 +13,8 @@ from trainables import storage
 from tuner.config import ExperimentConfig
 
 META_FILES = ("dataset.json", "prepare_report.json")
-PREPARE_FIELDS = ("format", "root", "options", "image_size", "quality", "val_fraction", "test_fraction", "seed")
-PREPARE_FIELDS += ("official_split",)
+PREPARE_FIELDS: tuple[str, ...] = ("format", "root", "options", "image_size", "quality", "val_fraction")
+PREPARE_FIELDS += ("test_fraction", "seed", "official_split")
 
 
 def ensure_data(exp: ExperimentConfig, progress: bool = True) -> str:

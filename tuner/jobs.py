@@ -52,7 +52,8 @@ def _enable_token_auth() -> None:
     if "RAY_AUTH_MODE" not in os.environ and _token_available():
         os.environ["RAY_AUTH_MODE"] = "token"
     if os.environ.get("RAY_AUTH_MODE") == "token":
-        from ray._raylet import AuthenticationTokenLoader, Config
+        # ray/_raylet.pyi stubs only part of the compiled module; both names exist in it at runtime
+        from ray._raylet import AuthenticationTokenLoader, Config  # type: ignore[attr-defined]
 
         Config.initialize("")  # Ray caches the mode and the token: read them again
         AuthenticationTokenLoader.instance().reset_cache()

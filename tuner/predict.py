@@ -56,7 +56,8 @@ class Bundle:
         if not path.is_file():
             raise UserError(f"{path}: no such image file")
         try:
-            data = prepare_image(path, self.config.resize_size, self.config.jpeg_quality)
+            size = self.config.resize_size or self.config.image_size  # validation already set it so
+            data = prepare_image(path, size, self.config.jpeg_quality)
         except BadImage as exc:
             raise UserError(f"{path}: {exc}; predict needs a readable JPEG/PNG/TIFF/BMP image") from None
         image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
@@ -135,8 +136,8 @@ def predict_images(bundle: Bundle, paths: Sequence[str | Path], batch_size: int 
 def _row(path: Path, lesion_p, lesion_names, site_p, site_names) -> dict:
     lesion = dict(zip(lesion_names, lesion_p.tolist(), strict=True))
     site = dict(zip(site_names, site_p.tolist(), strict=True)) if site_p is not None else {}
-    top_lesion = max(lesion, key=lesion.get)
-    top_site = max(site, key=site.get) if site else None
+    top_lesion = max(lesion, key=lesion.__getitem__)
+    top_site = max(site, key=site.__getitem__) if site else None
     return {
         "path": str(path),
         "lesion": top_lesion,

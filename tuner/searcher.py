@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import warnings
 from functools import partial
+from typing import Any
 
 import optuna
 from ray.tune.result import TRAINING_ITERATION
@@ -47,7 +48,9 @@ def make_sampler(exp: ExperimentConfig) -> optuna.samplers.BaseSampler:
         return optuna.samplers.QMCSampler(seed=seed, scramble=True, warn_independent_sampling=False)
     # multivariate: the learning rates interact (a joint density, not one per parameter); constant liar: a
     # running trial counts as a poor one, so trials started together do not all land on the same point
-    options = dict(seed=seed, n_startup_trials=exp.tune.tpe_startup_trials, multivariate=True, constant_liar=True)
+    options: dict[str, Any] = dict(
+        seed=seed, n_startup_trials=exp.tune.tpe_startup_trials, multivariate=True, constant_liar=True
+    )
     if exp.tune.tpe_good_fraction == OPTUNA_GOOD_FRACTION:  # Optuna's gamma, untouched
         return optuna.samplers.TPESampler(**options)
     with warnings.catch_warnings():  # Optuna 4.9 deprecated `gamma` (gone in 6; pyproject pins optuna < 6)
@@ -82,7 +85,7 @@ class EarlyStopAwareOptunaSearch(OptunaSearch):
             and result.get(TRAINING_ITERATION, self.max_epochs) < self.max_epochs
             and not result.get("diverged")
         )
-        if stopped_early and self.metric in result:
+        if stopped_early and result is not None and self.metric in result:
             # Tune hands the result that made the scheduler stop a trial to on_trial_complete only: report it as
             # the trial's last intermediate value, which is what Optuna ranks a pruned trial by
             self.on_trial_result(trial_id, result)

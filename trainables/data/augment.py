@@ -226,7 +226,8 @@ class TrainAugment:
     def rand_augment_plan(self) -> tuple[list[tuple[list[torch.Tensor], tuple[str, float]]], list[torch.Tensor]]:
         """RandAugment's draws as ``(segments, final)``: each segment the geometric maps pending before a colour
         operation and that operation (``Identity`` included: it ends a segment too), then the maps left over."""
-        segments, pending = [], []
+        segments: list[tuple[list[torch.Tensor], tuple[str, float]]] = []
+        pending: list[torch.Tensor] = []
         for op, magnitude in self.sample_rand_augment():
             if op in COLOUR_OPS:
                 segments.append((pending, (op, magnitude)))
@@ -236,7 +237,7 @@ class TrainAugment:
         return segments, pending
 
     def normalise(self, image: torch.Tensor) -> torch.Tensor:
-        if self.mean is None:
+        if self.mean is None or self.std is None:  # both or neither
             return image
         return image.sub_(_to(self.mean, image.device)).div_(_to(self.std, image.device))
 
@@ -256,7 +257,7 @@ class TrainAugment:
             plans.append(self.rand_augment_plan())
         x = self.warp_batch(self.crop_batch(images, crops).div_(255.0), flips)
         if self.strength > 0:
-            x = self.jitter_batch(x, jitters)
+            x = self.jitter_batch(x, [j for j in jitters if j is not None])  # all drawn when strength > 0
         for slot in range(max((len(segments) for segments, _ in plans), default=0)):
             here = [segments[slot] if slot < len(segments) else None for segments, _ in plans]
             x = self.warp_batch(x, [s[0] if s else [] for s in here])

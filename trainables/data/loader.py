@@ -169,7 +169,7 @@ class DeviceDecoded:
 
 
 def make_loader(
-    dataset: Dataset,
+    dataset: ShardDataset,
     batch_size: int,
     train: bool,
     num_workers: int = 0,

@@ -98,7 +98,7 @@ def _noise(rng: np.random.Generator, size: int, cells: float) -> np.ndarray:
     c = max(2, round(cells))
     small = Image.fromarray(rng.standard_normal((c + 3, c + 3)).astype(np.float32), "F")
     step = (c + 3) / (c + 1)  # crop a margin: bicubic edges are biased
-    field = np.asarray(small.resize((size, size), Image.BICUBIC, box=(1, 1, 1 + c * step, 1 + c * step)))
+    field = np.asarray(small.resize((size, size), Image.Resampling.BICUBIC, box=(1, 1, 1 + c * step, 1 + c * step)))
     return (field - field.mean()) / (field.std() + 1e-6)
 
 
@@ -108,7 +108,7 @@ def _mask(draw_fn, size: int, blur: float = 0.0, ss: int = 2) -> np.ndarray:
     draw_fn(ImageDraw.Draw(img), size * ss)
     if blur:
         img = img.filter(ImageFilter.GaussianBlur(blur * size * ss / 2))
-    return np.asarray(img.resize((size, size), Image.BOX), np.float32) / 255
+    return np.asarray(img.resize((size, size), Image.Resampling.BOX), np.float32) / 255
 
 
 def _cell_borders(rng: np.random.Generator, size: int, cells: float) -> np.ndarray:
@@ -287,7 +287,10 @@ def _view(rng: np.random.Generator, p: np.ndarray, a: np.ndarray) -> tuple[np.nd
     c = size / 2 - m @ (size / 2 * (1 + off))  # output pixel -> lesion-frame pixel
     data = (m[0, 0], m[0, 1], c[0], m[1, 0], m[1, 1], c[1])
     chans = [np.ascontiguousarray(ch) for ch in (p[..., 0], p[..., 1], p[..., 2], a)]
-    out = [np.asarray(Image.fromarray(ch).transform(a.shape, Image.AFFINE, data, Image.BILINEAR)) for ch in chans]
+    out = [
+        np.asarray(Image.fromarray(ch).transform(a.shape, Image.Transform.AFFINE, data, Image.Resampling.BILINEAR))
+        for ch in chans
+    ]
     return np.dstack(out[:3]), np.clip(out[3], 0, 1)
 
 

@@ -104,7 +104,7 @@ def rate_intervals(inp: Inputs, masks: list[np.ndarray], n_boot: int = N_BOOT) -
     """Per mask (e.g. the test images of one class, or of one body site): MTL - single-task lesion accuracy on
     those images with its two-level bootstrap CI (``{diff, low, high}``), None for an empty mask."""
     preds = {arm: inp.preds(arm) for arm in ARMS}
-    out = []
+    out: list[dict | None] = []
     for mask in masks:
         if not mask.any():
             out.append(None)

@@ -129,7 +129,8 @@ def _read_retrain(root: Path, name: str) -> tuple[dict, dict, dict]:
     seeds = [int(s) for s in summary.get("seeds") or []]
     if not seeds:
         raise UserError(f"{retrain / 'summary.json'}: no seeds listed; rerun `skintune retrain --experiment {name}`")
-    frames, metrics = {}, {arm: [] for arm in ARMS}
+    frames: dict[tuple[str, int], pd.DataFrame] = {}
+    metrics: dict[str, list[dict]] = {arm: [] for arm in ARMS}
     for arm in ARMS:
         for seed in seeds:
             run = retrain / arm / f"seed_{seed}"

@@ -75,9 +75,10 @@ def base_value(p: Param, value: Any, config: dict[str, Any]) -> Any:
 def distribution(p: Param) -> optuna.distributions.BaseDistribution:
     if p.type == "categorical":
         return optuna.distributions.CategoricalDistribution(list(p.choices))
+    low, high = p.bounds()
     if p.type == "int":
-        return optuna.distributions.IntDistribution(int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
-    return optuna.distributions.FloatDistribution(p.low, p.high, log=p.log, step=p.step)
+        return optuna.distributions.IntDistribution(int(low), int(high), log=p.log, step=int(p.step or 1))
+    return optuna.distributions.FloatDistribution(low, high, log=p.log, step=p.step)
 
 
 def _frozen_trial(row: pd.Series, space: SearchSpace) -> optuna.trial.FrozenTrial:
@@ -143,8 +144,9 @@ def edge(p: Param, value: float) -> str:
     """``"low"``/``"high"`` when ``value`` is within EDGE of a bound (log params: log space), else ``""``."""
     if p.type not in ("float", "int") or p.high == p.low:
         return ""
+    low, high = p.bounds()
     f = math.log if p.log else float
-    pos = (f(value) - f(p.low)) / (f(p.high) - f(p.low))
+    pos = (f(value) - f(low)) / (f(high) - f(low))
     return "low" if pos <= EDGE else "high" if pos >= 1 - EDGE else ""
 
 

@@ -143,7 +143,7 @@ class ImageFinder:
         search: bool = True,
     ):
         self.root, self.dirs, self.suffixes, self.search = root, tuple(dirs), tuple(suffixes), search
-        self._index: dict[str, Path] | None = None
+        self._index: dict[str, str] | None = None
 
     def _names(self, name: str) -> list[str]:
         if Path(name).suffix.lower() in self.suffixes:
@@ -169,10 +169,10 @@ class ImageFinder:
                 ),
                 key=lambda path: path.split(os.sep),  # the order of sorted Paths: folder by folder
             )
-            for path in files:
-                base = os.path.basename(path)
-                self._index.setdefault(base, path)
-                self._index.setdefault(os.path.splitext(base)[0], path)
+            for file in files:
+                base = os.path.basename(file)
+                self._index.setdefault(base, file)
+                self._index.setdefault(os.path.splitext(base)[0], file)
         found = self._index.get(name)
         return None if found is None else Path(found)
 
@@ -195,7 +195,7 @@ def resolve_images(frame: pd.DataFrame, column: str, path: Path, finder: ImageFi
             f"{where(path, line(absent[0]), column)}: image {name!r} not found (looked for "
             f"{finder.describe(name)}){count}; put the images there or point the dataset root at them"
         )
-    return [os.path.abspath(p) for p in found]
+    return [os.path.abspath(p) for p in found if p is not None]
 
 
 def choice(value: object, allowed: Sequence[str], option: str, fmt: str) -> str:

@@ -77,7 +77,7 @@ def read_ham10000(root: Path, *, harmonize_sites: bool = False) -> RawTable:
         isic = vocabulary(site_classes)
         mapping = {name: isic[TO_ISIC_SITE[name]] if name in TO_ISIC_SITE else -1 for name in SITE_CLASSES}
         site = encode(frame, "localization", mapping, path, missing=(MISSING,))
-    source = "ham10000"
+    source: str | list[str] = "ham10000"
     if "dataset" in frame.columns:
         source = [value or "ham10000" for value in frame["dataset"]]
     return build_table(
