@@ -110,6 +110,50 @@ def case_image_absent(c):
     return c.prepare_argv(), expected
 
 
+# data: patient metadata (age, sex) ---------------------------------------------------------------------------------
+@bad
+def case_age_negative(c):
+    c.isic2019()
+    c.edit_csv(META, 4, ",55.0,", ",-3,")
+    expected = [f"{META} line 4 column 'age_approx' (image 'ISIC_0000002')", "age '-3' is out of range (0 to 120"]
+    return c.prepare_argv(), [*expected, "leave the cell empty where it is unknown"]
+
+
+@bad
+def case_age_300(c):
+    c.isic2019()
+    c.edit_csv(META, 9, ",55.0,", ",300,")
+    return c.prepare_argv(), [f"{META} line 9 column 'age_approx' (image 'ISIC_0000007')", "age '300' is out of range"]
+
+
+@bad
+def case_sex_outside_vocabulary(c):
+    c.isic2019()
+    c.edit_csv(META, 3, ",female", ",unknwn")
+    expected = [f"{META} line 3 column 'sex' (image 'ISIC_0000001')", "unknown sex value 'unknwn'", "'female', 'male'"]
+    return c.prepare_argv(), [*expected, "fix the row"]
+
+
+@bad
+def case_csv_age_not_a_number(c):
+    c.isic2019()
+    rows = [f"{image},{['MEL', 'NV'][i % 2]},{['42', '', 'unknown', 'NaN'][i % 4]}" for i, image in enumerate(c.ids())]
+    rows[5] = f"{c.ids()[5]},NV,4O"  # a letter O for a zero
+    c.write_csv("labels.csv", "image,lesion,age", rows)
+    options = ["file=labels.csv", "image_dir=ISIC_2019_Training_Input", "extension=.jpg", "site_column=null"]
+    argv = c.prepare_argv(*[a for o in [*options, "age_column=age"] for a in ("--option", o)], fmt="csv")
+    return argv, ["labels.csv line 7 column 'age' (image 'ISIC_0000005')", "age '4O' is not a number", "in years"]
+
+
+@bad
+def case_csv_without_image_column(c):
+    c.isic2019()
+    c.write_csv("labels.csv", "file,lesion,age,sex", [f"{image},NV,50,F" for image in c.ids()])
+    options = ["file=labels.csv", "site_column=null", "age_column=age", "sex_column=sex"]
+    argv = c.prepare_argv(*[a for o in options for a in ("--option", o)], fmt="csv")
+    return argv, ["labels.csv: missing column(s) 'image'", "the header has 'file'", "csv options *_column to names"]
+
+
 # data: image files ----------------------------------------------------------------------------------------------
 def _bad_image_listed(image: str) -> Callable:
     def after(c) -> None:

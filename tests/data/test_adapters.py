@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from tests.data.conftest import AGE_SEX, CSV_PATIENT
 from trainables.data.adapters import FORMATS, option_names, read_dataset
 from trainables.data.schema import RAW_COLUMNS
 from trainables.errors import UserError
@@ -22,6 +24,7 @@ def check_common(table) -> None:
     frame = table.frame
     assert tuple(frame.columns) == RAW_COLUMNS
     assert str(frame["lesion"].dtype) == "int64" and str(frame["site"].dtype) == "int64"
+    assert str(frame["age"].dtype) == "float64" and str(frame["sex"].dtype) == "int64"
     for path in frame["image_path"]:
         assert Path(path).is_absolute() and Path(path).is_file()
 
@@ -335,6 +338,84 @@ def test_csv_errors(make_root):
     (root / "labels.csv").write_text('image,lesion,site\na1,nevus,back,extra\n"a2,nevus\n')
     with pytest.raises(UserError, match=r"labels.csv: not a valid CSV"):
         read_dataset("csv", root, CSV_OPTIONS)
+
+
+# patient age and sex ---------------------------------------------------------------------------------------
+PATIENT_OPTIONS = {"csv": {**CSV_OPTIONS, **CSV_PATIENT}}
+
+
+@pytest.mark.parametrize("fmt", sorted(AGE_SEX))
+def test_age_and_sex_read_with_each_release_quirks(make_root, fmt):
+    """Blank, ``unknown``, ``Unknown`` and ``NaN`` stay missing (never imputed); ``MALE``, ``M``, `` female `` are
+    read ignoring case and blanks; derm7pt has no age at all."""
+    table = read_dataset(fmt, make_root(fmt), PATIENT_OPTIONS.get(fmt, {}))
+    age, sex = AGE_SEX[fmt]
+    np.testing.assert_array_equal(table.frame["age"].to_numpy(), np.array(age, dtype=float))  # NaN == NaN here
+    assert list(table.frame["sex"]) == sex
+
+
+def test_csv_without_patient_columns_has_them_all_missing(make_root):
+    table = read_dataset("csv", make_root("csv"), CSV_OPTIONS)
+    assert table.frame["age"].isna().all() and set(table.frame["sex"]) == {-1}
+    assert table.options["age_column"] is None and table.options["sex_column"] is None
+
+
+def test_isic2019_metadata_without_age_and_sex_columns(make_root):
+    """A trimmed metadata file (no age_approx, no sex) still reads: every value is missing."""
+    root = make_root("isic2019")
+    meta = root / "ISIC_2019_Training_Metadata.csv"
+    lines = [line.split(",") for line in meta.read_text().splitlines()]
+    meta.write_text("\n".join(",".join([f[0], f[2], f[3]]) for f in lines) + "\n")
+    table = read_dataset("isic2019", root)
+    assert table.frame["age"].isna().all() and set(table.frame["sex"]) == {-1}
+
+
+BAD_PATIENT = [  # format, file, old text, new text, expected message (regex)
+    ("isic2019", "ISIC_2019_Training_Metadata.csv", "ISIC_0000002_downsampled,85.0", "ISIC_0000002_downsampled,-3",
+     r"Metadata.csv line 7 column 'age_approx' \(image 'ISIC_0000002_downsampled'\): age '-3' is out of range "
+     r"\(0 to 120 years\); write the age in years"),
+    ("isic2019", "ISIC_2019_Training_Metadata.csv", "ISIC_0000005,60.0,lower extremity,BCN_0000001,male",
+     "ISIC_0000005,60.0,lower extremity,BCN_0000001,unknwn",
+     r"Metadata.csv line 4 column 'sex' \(image 'ISIC_0000005'\): unknown sex value 'unknwn'; allowed: 'female', "
+     r"'male'"),
+    ("isic2020", "train.csv", "male,45.0,torso", "male,300,torso",
+     r"train.csv line 2 column 'age_approx' \(image 'ISIC_2000001'\): age '300' is out of range"),
+    ("ham10000", "HAM10000_metadata.csv", "histo,75.0,unknown", "histo,seventy,unknown",
+     r"HAM10000_metadata.csv line 6 column 'age' \(image 'ISIC_0029176'\): age 'seventy' is not a number"),
+    ("ham10000", "HAM10000_metadata.csv", "histo,45.0,male", "histo,45.0,mal",
+     r"HAM10000_metadata.csv line 8 column 'sex' \(image 'ISIC_0024310'\): unknown sex value 'mal'"),
+    ("derm7pt", "meta/meta.csv", "head neck,male", "head neck,x",
+     r"meta.csv line 4 column 'sex' \(image 'Fal/Fal003.jpg'\): unknown sex value 'x'"),
+    ("pad_ufes20", "metadata.csv", "POMERANIA,79,False,FEMALE", "POMERANIA,-1,False,FEMALE",
+     r"metadata.csv line 6 column 'age' \(image 'PAT_725_1394_93.png'\): age '-1' is out of range"),
+    ("pad_ufes20", "metadata.csv", "POMERANIA,8,False,FEMALE", "POMERANIA,8,False,OTHER",
+     r"metadata.csv line 2 column 'gender' \(image 'PAT_1516_1765_530.png'\): unknown sex value 'OTHER'"),
+    ("csv", "labels.csv", "clinic_b,64.5,", "clinic_b,121,",
+     r"labels.csv line 5 column 'age_years' \(image 'c1'\): age '121' is out of range"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("fmt", "file", "old", "new", "message"), BAD_PATIENT)
+def test_impossible_age_or_sex_names_file_row_and_fix(make_root, fmt, file, old, new, message):
+    root = make_root(fmt)
+    edit(root / file, old, new)
+    with pytest.raises(UserError, match=message) as info:
+        read_dataset(fmt, root, PATIENT_OPTIONS.get(fmt, {}))
+    assert "\n" not in str(info.value) and str(root / file) in str(info.value)
+
+
+def test_several_bad_ages_are_counted(make_root):
+    root = make_root("ham10000")
+    edit(root / "HAM10000_metadata.csv", "histo,60.0,male", "histo,600.0,male", count=2)
+    with pytest.raises(UserError, match=r"line 2 column 'age' .*'600.0' is out of range .*\(2 rows have such ages\)"):
+        read_dataset("ham10000", root)
+
+
+def test_csv_patient_column_not_in_header(make_root):
+    with pytest.raises(UserError, match=r"labels.csv: missing column\(s\) 'age'.*set the csv options \*_column"):
+        read_dataset("csv", make_root("csv"), {**CSV_OPTIONS, "age_column": "age"})
+    with pytest.raises(UserError, match=r"option sex_column=3 must be a column name"):
+        read_dataset("csv", make_root("csv"), {**CSV_OPTIONS, "sex_column": 3})
 
 
 # read_dataset ---------------------------------------------------------------------------------------------

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -86,3 +89,44 @@ def test_device_decoded_batches_equal_the_loader_worker_path(smoke_data, train):
         assert b.shape == a.shape == (len(la), 3, 40, 40) and b.dtype == torch.float32
         torch.testing.assert_close(b, a, rtol=0, atol=0)
         assert torch.equal(la, lb) and torch.equal(sa, sb)
+
+
+def test_patient_metadata_read_with_the_split(smoke_data):
+    """The synthetic default has age and sex: ShardDataset reads them (NaN / -1 where missing), at the rates that
+    dataset.json reports."""
+    _, prepared = smoke_data
+    info = json.loads(Path(prepared, "dataset.json").read_text())
+    for split in ("train", "val", "test"):
+        data = ShardDataset(prepared, split)
+        assert data.age.dtype == np.float32 and data.sex.dtype == np.int64 and len(data.age) == len(data)
+        known = data.age[~np.isnan(data.age)]
+        assert known.size and (known % 5 == 0).all() and set(np.unique(data.sex)) <= {-1, 0, 1}
+        rates = {"age": np.isnan(data.age).mean(), "sex": (data.sex == -1).mean(), "site": (data.site == -1).mean()}
+        for name, rate in rates.items():
+            assert info["metadata"][name]["present"]
+            assert info["metadata"][name]["missing_rate_by_split"][split] == pytest.approx(rate)
+    assert ShardDataset(prepared, "val", limit=5).age.shape == (5,)
+
+
+def test_a_folder_prepared_before_patient_metadata_still_loads(smoke_data, tmp_path):
+    """Shards without the age and sex columns and a dataset.json without ``metadata`` (as prepared before they
+    existed) load as before: every item the same, age and sex all missing."""
+    _, prepared = smoke_data
+    old = tmp_path / "old"
+    shutil.copytree(prepared, old)
+    info = json.loads((old / "dataset.json").read_text())
+    del info["metadata"]
+    (old / "dataset.json").write_text(json.dumps(info))
+    for shard in info["shards"]:
+        table = pq.read_table(old / shard["file"])
+        pq.write_table(table.drop_columns(["age", "sex"]), old / shard["file"])
+        assert "age" not in pq.read_schema(old / shard["file"]).names
+    transform = build_transforms(32, (0.5,) * 3, (0.5,) * 3, train=False)
+    for split in ("train", "val", "test"):
+        before, after = ShardDataset(prepared, split, transform), ShardDataset(old, split, transform)
+        assert np.isnan(after.age).all() and (after.sex == -1).all() and len(after) == len(before)
+        assert after.image_ids == before.image_ids and (after.lesion == before.lesion).all()
+        image, lesion, site = after[0]
+        assert torch.equal(image, before[0][0]) and (lesion, site) == before[0][1:]
+    batch = next(iter(make_loader(ShardDataset(old, "train", transform), batch_size=4, train=True)))
+    assert batch[0].shape == (4, 3, 32, 32)

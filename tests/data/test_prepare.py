@@ -1,5 +1,6 @@
 """prepare: shards + dataset.json from real image files, odd image modes, bad images, idempotence, resume."""
 
+import hashlib
 import io
 import json
 import os
@@ -42,11 +43,19 @@ def _write_good(folder):
     return names + ["exif.jpg", "gray.png", "deep16.png", "cmyk.jpg"]
 
 
+AGES = ["", "35", "60", "unknown", "85", "20", "NaN"]  # a 3/7 missing share, in a cycle prime to the others
+SEXES = ["female", "male", "", "MALE", "Female"]  # 1/5 missing
+
+
 def _write_csv(root, names):
-    lines = ["image,lesion,site,group"]
+    """labels.csv; its age and sex columns are read only with the PATIENT options."""
+    lines = ["image,lesion,site,group,age,sex"]
     for i, name in enumerate(names):
-        lines.append(f"{name},{'ABC'[i % 3]},{['', 'arm', 'leg'][i % 3]},G{i // 2}")
+        lines.append(f"{name},{'ABC'[i % 3]},{['', 'arm', 'leg'][i % 3]},G{i // 2},{AGES[i % 7]},{SEXES[i % 5]}")
     (root / "labels.csv").write_text("\n".join(lines) + "\n")
+
+
+PATIENT = {"file": "labels.csv", "group_column": "group", "age_column": "age", "sex_column": "sex"}
 
 
 def _opts(root, **kw):
@@ -84,7 +93,14 @@ def test_prepare_writes_shards_and_dataset_json(good_root, tmp_path):
     assert info["counts"]["train"]["site_missing"] == int(((rows.split == "train") & (rows.site == -1)).sum())
     assert 0.3 < info["site_missing_rate"] < 0.4
     assert len(info["fingerprint"]) == 64 and info["bad_images"] == []
-    assert list(rows.columns) == ["image_id", "group_id", "lesion", "site", "split", "source", "image"]
+    assert list(rows.columns) == ["image_id", "group_id", "lesion", "site", "age", "sex", "split", "source", "image"]
+    assert rows.age.isna().all() and (rows.sex == -1).all()  # no age or sex column named: all missing
+    assert info["metadata"]["age"] == {
+        "present": False,
+        "missing_rate": 1.0,
+        "missing_rate_by_split": {"train": 1.0, "val": 1.0, "test": 1.0},
+    }
+    assert info["metadata"]["site"]["present"] and info["metadata"]["site"]["missing_rate"] == info["site_missing_rate"]
     for group, part in rows.groupby("group_id"):
         assert part.split.nunique() == 1, group
     decoded = {r.image_id: Image.open(io.BytesIO(r.image)) for r in rows.itertuples()}
@@ -132,6 +148,50 @@ def test_bad_images_fail_the_run_unless_skip_bad(good_root, tmp_path):
     assert info["images"] == 34 and len(info["bad_images"]) == 3
     reasons = {b["image_id"]: b["reason"] for b in info["bad_images"]}
     assert "1x1" in reasons["tiny.jpg"]
+
+
+def test_patient_metadata_in_shards_and_dataset_json(good_root, tmp_path):
+    """Age and sex land in the shards (float32 years / int8 codes; missing stays NaN / -1) and dataset.json lists
+    each metadata field with its missing rate, overall and per split."""
+    info = prepare(_opts(good_root, options=PATIENT), tmp_path / "prep", workers=2, progress=False)
+    _, rows = _read_all(tmp_path / "prep")
+    schema = pq.read_schema(tmp_path / "prep" / info["shards"][0]["file"])
+    assert str(schema.field("age").type) == "float" and str(schema.field("sex").type) == "int8"
+    labels = pd.read_csv(good_root / "labels.csv", dtype=str, keep_default_na=False).set_index("image")
+    for row in rows.itertuples():
+        raw_age, raw_sex = labels.loc[row.image_id, "age"], labels.loc[row.image_id, "sex"].lower()
+        assert np.isnan(row.age) if raw_age in ("", "unknown", "NaN") else row.age == float(raw_age)
+        assert row.sex == {"female": 0, "male": 1, "": -1}[raw_sex]
+    meta = info["metadata"]
+    assert set(meta) == {"site", "age", "sex"} and all(m["present"] for m in meta.values())
+    for name, missing in [("age", rows.age.isna()), ("sex", rows.sex == -1), ("site", rows.site == -1)]:
+        assert meta[name]["missing_rate"] == pytest.approx(missing.mean())
+        for split in ("train", "val", "test"):
+            assert meta[name]["missing_rate_by_split"][split] == pytest.approx(missing[rows.split == split].mean())
+    assert meta["age"]["missing_rate"] == pytest.approx(14 / 34)  # rows 0, 3, 6 of each 7: 4 * 3 + 2 of 34
+    assert meta["sex"]["missing_rate"] == pytest.approx(7 / 34)
+
+
+def _old_fingerprint(out, info):
+    """The fingerprint as prepare computed it before age and sex: ids and image bytes only."""
+    digests = []
+    for shard in info["shards"]:
+        digest = hashlib.sha256()
+        table = pq.read_table(out / shard["file"], columns=["image_id", "image"]).to_pydict()
+        for image_id, data in zip(table["image_id"], table["image"], strict=True):
+            digest.update(image_id.encode() + hashlib.sha256(data).digest())
+        digests.append(digest.hexdigest())
+    return hashlib.sha256("".join(digests).encode()).hexdigest()
+
+
+def test_fingerprint_changes_with_patient_metadata_only(good_root, tmp_path):
+    without = prepare(_opts(good_root), tmp_path / "a", workers=1, progress=False)
+    assert without["fingerprint"] == _old_fingerprint(tmp_path / "a", without)  # no metadata: as before
+    with_meta = prepare(_opts(good_root, options=PATIENT), tmp_path / "b", workers=1, progress=False)
+    assert with_meta["fingerprint"] != without["fingerprint"]
+    assert with_meta["fingerprint"] != _old_fingerprint(tmp_path / "b", with_meta)
+    only_age = prepare(_opts(good_root, options={**PATIENT, "sex_column": None}), tmp_path / "c", progress=False)
+    assert len({without["fingerprint"], with_meta["fingerprint"], only_age["fingerprint"]}) == 3
 
 
 def test_missing_prepared_dataset_is_a_clear_error(tmp_path):

@@ -78,14 +78,20 @@ class ShardDataset(Dataset):
         files = [Path(prepared).expanduser() / s["file"] for s in self.info["shards"] if s["split"] == split]
         if not files:
             raise UserError(f"{prepared}: no shards for split {split!r}; rerun `skintune prepare`")
+        patient = [c for c in ("age", "sex") if c in pq.read_schema(files[0]).names]  # none in older shards
         table = pa.concat_tables(
-            pq.read_table(f, columns=["image_id", "group_id", "image", "lesion", "site"]) for f in files
+            pq.read_table(f, columns=["image_id", "group_id", "image", "lesion", "site", *patient]) for f in files
         ).combine_chunks()
         if limit is not None:
             table = table.slice(0, limit)
         self.images = table.column("image").chunk(0) if table.num_rows else pa.array([], pa.binary())
         self.lesion = table.column("lesion").to_numpy().astype(np.int64)
         self.site = table.column("site").to_numpy().astype(np.int64)
+        n = table.num_rows  # patient metadata (trainables/data/schema.py): NaN / -1 = missing, as in older shards
+        self.age = (
+            table.column("age").to_numpy().astype(np.float32) if "age" in patient else np.full(n, np.nan, np.float32)
+        )
+        self.sex = table.column("sex").to_numpy().astype(np.int64) if "sex" in patient else np.full(n, -1, np.int64)
         self.image_ids = table.column("image_id").to_pylist()
         self.group_ids = table.column("group_id").to_pylist()  # the lesion (or patient): the statistics' unit
         self.transform = transform

@@ -8,7 +8,8 @@ killed run leaves no partial shard and a rerun only makes the missing ones. Same
 
 Layout of ``out``::
 
-    dataset.json                  vocabularies, counts, split sizes, fingerprint, options, shard list
+    dataset.json                  vocabularies, counts, split sizes, metadata fields and their missing rates,
+                                  fingerprint, options, shard list
     shards/<split>-<n>-<key>.parquet
     prepare_report.json           only when images could not be read: which, and why
 """
@@ -36,7 +37,7 @@ from tqdm import tqdm
 from trainables import storage
 from trainables.data.adapters import read_dataset
 from trainables.data.images import BadImage, prepare_image
-from trainables.data.schema import MISSING_SITE, SHARD_COLUMNS, SPLITS, RawTable
+from trainables.data.schema import MISSING_SEX, MISSING_SITE, SHARD_COLUMNS, SPLITS, RawTable
 from trainables.data.split import assign_splits, check_no_leakage
 from trainables.errors import UserError
 
@@ -49,6 +50,8 @@ SHARD_SCHEMA = pa.schema(
         ("group_id", pa.string()),
         ("lesion", pa.int16()),
         ("site", pa.int16()),
+        ("age", pa.float32()),  # years; NaN = missing
+        ("sex", pa.int8()),  # index into schema.SEX_CLASSES; -1 = missing
         ("split", pa.string()),
         ("source", pa.string()),
         ("image", pa.binary()),
@@ -132,6 +135,8 @@ def _write_shard(path: str, rows: pd.DataFrame, image_size: int, quality: int) -
                     bad.append({"image_id": row.image_id, "path": row.image_path, "reason": str(exc)})
                     continue
                 digest.update(row.image_id.encode() + hashlib.sha256(data).digest())
+                if not (np.isnan(row.age) and row.sex == MISSING_SEX):  # the patient is part of the content; a
+                    digest.update(f"|{row.age!r}|{row.sex}".encode())  # table without any: the digest as before
                 images.append(data)
                 keep.append(i)
             if not keep:
@@ -226,6 +231,25 @@ def _counts(frame: pd.DataFrame, table: RawTable) -> dict:
     return out
 
 
+def _missing(frame: pd.DataFrame) -> dict[str, pd.Series]:
+    """Per metadata field (schema.METADATA_FIELDS), which rows lack it."""
+    return {"site": frame["site"] == MISSING_SITE, "age": frame["age"].isna(), "sex": frame["sex"] == MISSING_SEX}
+
+
+def _metadata(frame: pd.DataFrame) -> dict:
+    """``dataset.json``'s ``metadata``: per field, whether any image has a value (``present``), the share of images
+    without one (``missing_rate``) and that share per split (``missing_rate_by_split``; None for an empty split)."""
+    out = {}
+    for name, missing in _missing(frame).items():
+        by_split = {s: missing[frame["split"] == s] for s in SPLITS}
+        out[name] = {
+            "present": bool(len(frame)) and not bool(missing.all()),
+            "missing_rate": float(missing.mean()) if len(frame) else None,
+            "missing_rate_by_split": {s: float(m.mean()) if len(m) else None for s, m in by_split.items()},
+        }
+    return out
+
+
 def _remove_partial(shard_dir: Path) -> None:
     for leftover in shard_dir.glob("*.tmp-*"):
         leftover.unlink(missing_ok=True)  # half-written by a killed run
@@ -307,6 +331,7 @@ def _prepare(opts: PrepareOptions, out: Path, pool, workers: int, skip_bad: bool
         "lesion_classes": table.lesion_classes,
         "site_classes": table.site_classes,
         "site_missing_rate": float((kept["site"] == MISSING_SITE).mean()),
+        "metadata": _metadata(kept),
         "counts": _counts(kept, table),
         "bad_images": bad,
         "shards": [

@@ -15,7 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trainables.data.schema import MISSING_SITE, RawTable
+from trainables.data.schema import (
+    MAX_AGE,
+    MISSING_SEX,
+    MISSING_SITE,
+    MISSING_VALUES,
+    SEX_CLASSES,
+    SEX_VALUES,
+    RawTable,
+)
 from trainables.errors import UserError, where
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -127,6 +135,52 @@ def encode(
     return codes.to_numpy(dtype=np.int64)
 
 
+def _image_of(frame: pd.DataFrame, id_column: str | None, pos: int) -> str:
+    return f" (image {frame[id_column].iloc[pos]!r})" if id_column else ""
+
+
+def parse_age(frame: pd.DataFrame, column: str | None, path: Path, id_column: str | None = None) -> np.ndarray:
+    """The patient's age in years of each row as float64, NaN where it is missing (also when ``column`` is None or
+    not in the file). A missing value (:data:`MISSING_VALUES`, any case) stays missing; a value that is not a
+    number, or not between 0 and :data:`MAX_AGE`, raises a UserError naming the file, line, column and image."""
+    if column is None or column not in frame.columns:
+        return np.full(len(frame), np.nan)
+    raw = frame[column]
+    missing = raw.str.casefold().isin(MISSING_VALUES).to_numpy()
+    values = pd.to_numeric(raw.where(~missing), errors="coerce").to_numpy(dtype=np.float64)
+    not_number = np.flatnonzero(~missing & ~np.isfinite(values))
+    out_of_range = np.flatnonzero(~missing & np.isfinite(values) & ((values < 0) | (values > MAX_AGE)))
+    for bad, what in [(not_number, "is not a number"), (out_of_range, f"is out of range (0 to {MAX_AGE:.0f} years)")]:
+        if len(bad):
+            more = f" ({len(bad)} rows have such ages)" if len(bad) > 1 else ""
+            raise UserError(
+                f"{where(path, line(bad[0]), column)}{_image_of(frame, id_column, bad[0])}: age "
+                f"{raw.iloc[bad[0]]!r} {what}{more}; write the age in years (e.g. 45), or leave the cell empty "
+                "where it is unknown"
+            )
+    return np.where(missing, np.nan, values)
+
+
+def parse_sex(frame: pd.DataFrame, column: str | None, path: Path, id_column: str | None = None) -> np.ndarray:
+    """The patient's sex of each row as int64: an index into :data:`SEX_CLASSES`, -1 where it is missing (also when
+    ``column`` is None or not in the file). Values are matched ignoring case and blanks (:data:`SEX_VALUES`); a
+    missing value (:data:`MISSING_VALUES`) stays missing; anything else raises a UserError naming the row."""
+    if column is None or column not in frame.columns:
+        return np.full(len(frame), MISSING_SEX, dtype=np.int64)
+    raw = frame[column]
+    table = {**SEX_VALUES, **dict.fromkeys(MISSING_VALUES, MISSING_SEX)}
+    codes = raw.str.casefold().map(table)
+    bad = np.flatnonzero(codes.isna().to_numpy())
+    if len(bad):
+        more = f" ({len(bad)} rows have values outside the vocabulary)" if len(bad) > 1 else ""
+        raise UserError(
+            f"{where(path, line(bad[0]), column)}{_image_of(frame, id_column, bad[0])}: unknown sex value "
+            f"{raw.iloc[bad[0]]!r}{more}; allowed: {', '.join(map(repr, SEX_CLASSES))} (or 'f', 'm'; any case), "
+            "or empty / 'unknown' where it is not recorded; fix the row"
+        )
+    return codes.to_numpy(dtype=np.int64)
+
+
 class ImageFinder:
     """Finds an image by name: first in the ``dirs`` below ``root``, then (if ``search``) anywhere below it.
 
@@ -222,8 +276,10 @@ def build_table(
     site_classes: Sequence[str],
     options: dict,
     official_split: Sequence[str | None] | None = None,
+    age: np.ndarray | None = None,
+    sex: np.ndarray | None = None,
 ) -> RawTable:
-    """Assemble a :class:`RawTable`; an empty group id becomes the image id.
+    """Assemble a :class:`RawTable`; an empty group id becomes the image id; ``age``/``sex`` default to missing.
 
     ``frame.attrs["source_file"]`` records the metadata file, for ``RawTable.validate`` messages.
     """
@@ -235,6 +291,8 @@ def build_table(
             "group_id": [str(g) if g else i for g, i in zip(group_id, image_id, strict=True)],
             "lesion": np.asarray(lesion, dtype=np.int64),
             "site": np.asarray(site, dtype=np.int64),
+            "age": np.full(n, np.nan) if age is None else np.asarray(age, dtype=np.float64),
+            "sex": np.full(n, MISSING_SEX, dtype=np.int64) if sex is None else np.asarray(sex, dtype=np.int64),
             "source": [source] * n if isinstance(source, str) else list(source),
             "image_path": list(image_path),
             "official_split": pd.Series([None] * n if official_split is None else list(official_split), dtype=object),

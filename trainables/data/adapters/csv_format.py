@@ -10,6 +10,8 @@ Options (all keyword, see :func:`read_csv`):
   classes). An empty site is missing; an empty diagnosis is an error.
 - ``lesion_classes`` / ``site_classes``: the vocabulary in a fixed order; default: the sorted distinct values.
 - ``group_column`` (None): lesion or patient id; empty or no column → the image is its own group.
+- ``age_column`` (None): the patient's age in years; ``sex_column`` (None): ``female``/``male`` (or ``f``/``m``,
+  any case). Empty, ``unknown`` or ``NaN`` → missing; no column → every value missing.
 - ``source_column`` (None): the dataset part of each image (empty → "csv"); ``split_column`` (None): an
   official split, ``train``/``val``/``test`` or empty.
 """
@@ -27,6 +29,8 @@ from trainables.data.adapters._common import (
     check_ids,
     encode,
     load_csv,
+    parse_age,
+    parse_sex,
     resolve_images,
     vocabulary,
 )
@@ -61,6 +65,8 @@ def read_csv(
     group_column: str | None = None,
     source_column: str | None = None,
     split_column: str | None = None,
+    age_column: str | None = None,
+    sex_column: str | None = None,
     image_dir: str | None = None,
     extension: str = "",
     lesion_classes: list[str] | None = None,
@@ -74,12 +80,24 @@ def read_csv(
         _check_names(option, value)
     for option, value in [("source_column", source_column), ("split_column", split_column)]:
         _check_names(option, value)
+    for option, value in [("age_column", age_column), ("sex_column", sex_column)]:
+        _check_names(option, value)
     if not isinstance(extension, str):
         raise UserError(f"format 'csv': option extension={extension!r} must be a string such as '.jpg'")
     path = root / Path(file).expanduser()
     if not path.is_file():
         raise UserError(f"{path}: CSV not found; check the csv option file (relative to the root {root})")
-    columns = [c for c in (image_column, lesion_column, site_column, group_column, source_column, split_column) if c]
+    named = (
+        image_column,
+        lesion_column,
+        site_column,
+        group_column,
+        source_column,
+        split_column,
+        age_column,
+        sex_column,
+    )
+    columns = [c for c in named if c]
     hint = "set the csv options *_column to names in the header (site_column: null when there is no site)"
     frame = load_csv(path, columns, hint)
     check_ids(frame, image_column, path)
@@ -105,6 +123,8 @@ def read_csv(
         group_id=frame[group_column] if group_column else [""] * n,
         lesion=lesion,
         site=site,
+        age=parse_age(frame, age_column, path, image_column),
+        sex=parse_sex(frame, sex_column, path, image_column),
         source=[s or "csv" for s in frame[source_column]] if source_column else "csv",
         image_path=resolve_images(frame, image_column, path, finder),
         lesion_classes=lesion_classes,
@@ -117,6 +137,8 @@ def read_csv(
             "group_column": group_column,
             "source_column": source_column,
             "split_column": split_column,
+            "age_column": age_column,
+            "sex_column": sex_column,
             "image_dir": image_dir,
             "extension": extension,
             "lesion_classes": lesion_classes,

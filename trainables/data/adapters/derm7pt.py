@@ -7,6 +7,7 @@
   (github.com/jeremykawahara/derm7pt), in their order BCC, NEV, MEL, MISC, SK (:data:`GROUPS`).
 - Sites: the 9 ``location`` values in alphabetical order (:data:`SITE_CLASSES`, the authors' order too);
   none is missing in the release, an empty one would be (-1).
+- Patient: ``sex`` (``female``/``male``; empty → missing); the release records no age (all missing).
 - Group: ``case_num`` (a case is one lesion). Source: ``derm7pt``.
 - Official split: ``meta/train_indexes.csv``, ``valid_indexes.csv``, ``test_indexes.csv`` (0-based row indexes
   of meta.csv in a column ``indexes``) where present; rows in none of them get no official split.
@@ -24,6 +25,7 @@ from trainables.data.adapters._common import (
     encode,
     line,
     load_csv,
+    parse_sex,
     require_file,
     resolve_images,
     vocabulary,
@@ -112,6 +114,7 @@ def read_derm7pt(root: Path, *, image: str = "derm") -> RawTable:
         group_id=frame["case_num"],
         lesion=encode(frame, "diagnosis", DIAGNOSIS_TO_CLASS, path),
         site=encode(frame, "location", vocabulary(SITE_CLASSES), path, missing=("",)),
+        sex=parse_sex(frame, "sex", path, image),
         source="derm7pt",
         image_path=resolve_images(frame, image, path, finder),
         lesion_classes=LESION_CLASSES,

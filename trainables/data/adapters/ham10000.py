@@ -6,6 +6,7 @@
   Option ``harmonize_sites=True`` maps them onto the ISIC 2019 general sites (the ISIC 2019 vocabulary, so
   tables from both datasets share site indexes) with ISIC's own mapping (:data:`TO_ISIC_SITE`); ``trunk``,
   ``genital`` and ``unknown`` become missing because they have no unambiguous general site.
+- Patient: ``age`` (blank → missing) and ``sex`` (``male``/``female``; ``unknown`` → missing).
 - Group: ``lesion_id`` (empty → the image). Source: the optional 8th column ``dataset`` (e.g.
   ``vidir_modern``) when present and non-empty, else ``ham10000``.
 """
@@ -20,6 +21,8 @@ from trainables.data.adapters._common import (
     check_ids,
     encode,
     load_csv,
+    parse_age,
+    parse_sex,
     require_file,
     resolve_images,
     vocabulary,
@@ -87,6 +90,8 @@ def read_ham10000(root: Path, *, harmonize_sites: bool = False) -> RawTable:
         group_id=frame["lesion_id"],
         lesion=lesion,
         site=site,
+        age=parse_age(frame, "age", path, "image_id"),
+        sex=parse_sex(frame, "sex", path, "image_id"),
         source=source,
         image_path=resolve_images(frame, "image_id", path, ImageFinder(root, suffixes=(".jpg", ".jpeg", ".png"))),
         lesion_classes=LESION_CLASSES,

@@ -9,6 +9,8 @@ Layout under the root: ``ISIC_2019_Training_GroundTruth.csv``, ``ISIC_2019_Train
   accuracy).
 - Sites (:data:`SITE_CLASSES`, fixed so every ISIC-style dataset shares them): empty → missing (-1).
 - Group: ``lesion_id``; an empty id (older images) makes the image its own group.
+- Patient: ``age_approx`` (years in 5-year steps) and ``sex`` (``male``/``female``) from the metadata file; blank
+  → missing. A metadata file without these columns gives all-missing values.
 - Source: from the lesion id prefix (``BCN_`` → BCN_20000, ``HAM_`` → HAM10000, ``MSK`` → MSK), else isic2019.
 """
 
@@ -26,6 +28,8 @@ from trainables.data.adapters._common import (
     encode,
     line,
     load_csv,
+    parse_age,
+    parse_sex,
     require_file,
     resolve_images,
     vocabulary,
@@ -89,6 +93,8 @@ def read_isic2019(root: Path) -> RawTable:
     meta = load_csv(meta_path, ["image", "anatom_site_general"])
     check_ids(meta, "image", meta_path)
     site_all = encode(meta, "anatom_site_general", vocabulary(SITE_CLASSES), meta_path, missing=("",))
+    age_all = parse_age(meta, "age_approx", meta_path, "image")
+    sex_all = parse_sex(meta, "sex", meta_path, "image")
     pos = pd.Index(meta["image"]).get_indexer(gt["image"])
     absent = np.flatnonzero(pos < 0)
     if len(absent):
@@ -107,6 +113,8 @@ def read_isic2019(root: Path) -> RawTable:
         group_id=lesion_ids,
         lesion=lesion,
         site=site_all[pos],
+        age=age_all[pos],
+        sex=sex_all[pos],
         source=[source_of(i) for i in lesion_ids],
         image_path=resolve_images(gt, "image", gt_path, finder),
         lesion_classes=classes,

@@ -12,6 +12,7 @@ Images not in those folders are looked for anywhere under the root.
   ``unknown`` is a benign lesion without a specific diagnosis, a class, not a missing label; matched ignoring
   case) or ``"target"`` (the binary column: ``["benign", "melanoma"]``).
 - Sites: :data:`SITE_CLASSES`; empty → missing (-1). Group: ``patient_id``. Source: ``isic2020``.
+- Patient: ``age_approx`` and ``sex``; blank or ``NaN`` → missing.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from trainables.data.adapters._common import (
     choice,
     encode,
     load_csv,
+    parse_age,
+    parse_sex,
     require_file,
     resolve_images,
     vocabulary,
@@ -80,6 +83,8 @@ def read_isic2020(root: Path, *, label: str = "diagnosis") -> RawTable:
         group_id=frame["patient_id"],
         lesion=lesion,
         site=site,
+        age=parse_age(frame, "age_approx", path, "image_name"),
+        sex=parse_sex(frame, "sex", path, "image_name"),
         source="isic2020",
         image_path=resolve_images(frame, "image_name", path, finder),
         lesion_classes=classes,

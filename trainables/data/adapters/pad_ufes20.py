@@ -2,6 +2,7 @@
 
 - Lesion classes: the ``diagnostic`` codes in alphabetical order, :data:`LESION_CLASSES`.
 - Sites: the 14 ``region`` values in alphabetical order, :data:`SITE_CLASSES` (empty → missing).
+- Patient: ``age`` and ``gender`` (``MALE``/``FEMALE``; blank → missing).
 - Image id: ``img_id`` without its ``.png``. Group: ``patient_id``. Source: ``pad_ufes20``.
 """
 
@@ -15,6 +16,8 @@ from trainables.data.adapters._common import (
     check_ids,
     encode,
     load_csv,
+    parse_age,
+    parse_sex,
     require_file,
     resolve_images,
     vocabulary,
@@ -53,6 +56,8 @@ def read_pad_ufes20(root: Path) -> RawTable:
         group_id=frame["patient_id"],
         lesion=encode(frame, "diagnostic", vocabulary(LESION_CLASSES), path),
         site=encode(frame, "region", vocabulary(SITE_CLASSES), path, missing=("",)),
+        age=parse_age(frame, "age", path, "img_id"),
+        sex=parse_sex(frame, "gender", path, "img_id"),
         source="pad_ufes20",
         image_path=resolve_images(frame, "img_id", path, finder),
         lesion_classes=LESION_CLASSES,
