@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import re
 import time
 from collections import Counter
@@ -105,6 +106,37 @@ def test_site_follows_the_isic_table(table: list[dict]) -> None:
     assert missing["NV"] > 2 * max(missing["MEL"], missing["BCC"], missing["SCC"])
 
 
+def test_patient_metadata_follows_the_designed_pattern(dataset: Path, table: list[dict]) -> None:
+    """On a generated set (600 images): nevus patients the youngest, BCC, AK and SCC the oldest, a few percent of
+    patients without age and sex; the adapter reads them all."""
+    age = {c: [float(r["age_approx"]) for r in table if r["dx"] == c and r["age_approx"]] for c in CLASSES}
+    mean = {c: float(np.mean(a)) for c, a in age.items() if len(a) >= 5}
+    assert mean["BCC"] > mean["NV"] + 12 and mean["MEL"] > mean["NV"] + 8
+    assert min(mean[c] for c in ("BCC", "AK", "SCC") if c in mean) > max(mean["NV"], mean.get("DF", 0))
+    assert all(float(r["age_approx"]) % 5 == 0 for r in table if r["age_approx"])
+    blank = sum(r["age_approx"] == "" for r in table)
+    assert blank == sum(r["sex"] == "" for r in table) and 0 < blank < 0.05 * N
+    frame = read_dataset("isic2019", dataset).frame
+    assert int(frame["age"].isna().sum()) == blank and int((frame["sex"] == -1).sum()) == blank
+    assert set(frame["sex"]) == {-1, 0, 1}
+
+
+def test_patient_design_on_a_large_plan() -> None:
+    """The designed effect sizes the README states, on the metadata of 40,000 images (no images drawn): mean age
+    per diagnosis, share of men (60 % for MEL, BCC, AK, SCC; 50 % otherwise), 1.5 % without age and sex."""
+    rows = synthetic._plan(40_000, seed=1)
+    lesions = list({r["lesion"]: r for r in rows}.values())
+    for c in CLASSES:
+        known = [r for r in lesions if r["dx"] == c and r["sex"]]
+        ages = [float(r["age"]) for r in known]
+        assert abs(np.mean(ages) - synthetic.AGE[c]) < 2.5, c  # clipping to 5-85 pulls AK and SCC down ~1
+        assert abs(np.mean([r["sex"] == "male" for r in known]) - synthetic.P_MALE[c]) < 0.05, c
+    assert {synthetic.P_MALE[c] for c in ("MEL", "BCC", "AK", "SCC")} == {0.6}
+    assert 0.01 < np.mean([r["age"] == "" for r in lesions]) < 0.02
+    agree = np.mean([(r["sex"] == "male") == r["hairy"] for r in lesions if r["sex"]])
+    assert agree > 0.9  # the hair trait of the images (unchanged since version 1) mostly follows the sex
+
+
 def features(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Cheap image statistics: (8x8 thumbnail + centre and border stats, border-only stats)."""
     img = np.asarray(Image.open(path), np.float32) / 255
@@ -197,6 +229,20 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
     args = {"n": 16, "image_size": 32, **kwargs}
     with pytest.raises(UserError, match=re.escape(message)):
         generate(tmp_path / "out", progress=False, **args)
+
+
+def test_an_older_generator_version_is_regenerated(tmp_path: Path) -> None:
+    """A dataset an older generator made with the same arguments is replaced (its metadata is stale), not refused."""
+    out = generate(tmp_path / "d", 16, 32, seed=2, workers=1, progress=False)
+    expected = (out / METADATA).read_bytes()
+    record = json.loads((out / "synth.json").read_text())
+    (out / "synth.json").write_text(json.dumps({**record, "version": 1}))
+    (out / METADATA).write_text("image,age_approx,anatom_site_general,lesion_id,sex\n")
+    assert generate(out, 16, 32, seed=2, workers=1, progress=False) == out
+    assert (out / METADATA).read_bytes() == expected and json.loads((out / "synth.json").read_text()) == record
+    (out / "synth.json").write_text(json.dumps({**record, "version": 1, "seed": 3}))  # other arguments: refused
+    with pytest.raises(UserError, match="choose a new --out directory"):
+        generate(out, 16, 32, seed=2, progress=False)
 
 
 def test_refuses_a_directory_holding_something_else(tmp_path: Path, dataset: Path) -> None:

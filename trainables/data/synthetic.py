@@ -11,6 +11,15 @@ imbalance is flattened so that DF and VASC appear at small n: NV 39 % instead of
 site table (so about 9 % of sites are empty, most of them NV). A lesion has 1-4 images (views differing in
 rotation, scale, offset and lighting, same shape and colours) sharing a ``lesion_id``; ~5 % have none.
 
+Patient metadata (``age_approx``, ``sex``; the same for every view of a lesion) follows the direction of the published
+ISIC 2019 patterns, so that a model taking metadata as input has something to find: nevus patients are the youngest,
+melanoma patients older, BCC, AK, SCC and BKL patients the oldest (:data:`AGE`: the mean age per diagnosis, a
+normal spread of :data:`AGE_SD` years, rounded to 5-year steps and clipped to 5-85 like ``age_approx``); MEL, BCC,
+AK and SCC patients are more often men (:data:`P_MALE`). Both fields are blank for :data:`P_UNKNOWN_PATIENT` of
+the lesions. The images stay those of generator version 1: hair density follows a patient trait drawn as before
+(``hairy``, 53 % of patients), from the same uniform number as the recorded sex, so the two agree for all but the
+3-7 % of lesions whose draw falls between 0.53 and their class' share of men.
+
 Image model: the skin (tone per patient; texture, redness, freckles, dry-skin scale, acral ridges and hair
 per body site) carries the site; the lesion (size, border, colours, network, dots, vessels, scar, keratin per
 diagnosis, see ``DX``) carries the diagnosis. Some lesions are drawn part-way towards a look-alike class
@@ -37,7 +46,7 @@ from tqdm import tqdm
 from trainables.data.synthetic_draw import render
 from trainables.errors import UserError
 
-VERSION = 1
+VERSION = 2  # 2: sex depends on the diagnosis (P_MALE); same images as version 1
 CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
 SITE_NAMES = ("anterior torso", "posterior torso", "lateral torso", "upper extremity", "lower extremity",
               "head/neck", "palms/soles", "oral/genital")  # fmt: skip
@@ -54,6 +63,10 @@ SITE_TABLE = {
 }
 FLATTEN = 0.7  # class probability ~ count ** FLATTEN
 AGE = {"MEL": 60, "NV": 44, "BCC": 67, "AK": 70, "BKL": 62, "DF": 47, "VASC": 50, "SCC": 71}
+AGE_SD = 14.0
+P_MALE = {"MEL": 0.6, "NV": 0.5, "BCC": 0.6, "AK": 0.6, "BKL": 0.5, "DF": 0.5, "VASC": 0.5, "SCC": 0.6}
+P_HAIRY = 0.53  # the hair trait of a patient (render's ``male`` argument), as drawn since version 1
+P_UNKNOWN_PATIENT = 0.015  # age and sex both blank, about the ISIC 2019 release's rate
 GROUND_TRUTH, METADATA, IMAGES = "ISIC_2019_Training_GroundTruth.csv", "ISIC_2019_Training_Metadata.csv", \
     "ISIC_2019_Training_Input"  # fmt: skip
 
@@ -72,11 +85,11 @@ def _plan(n: int, seed: int) -> list[dict]:
         missing = rng.random() < row[-1] / row.sum()
         views = min(n - len(rows), int(rng.choice([1, 2, 3, 4], p=[0.5, 0.27, 0.15, 0.08])))
         no_id = views == 1 and rng.random() < 0.18  # ~5 % of images, like the older ISIC images
-        male, unknown = rng.random() < 0.53, rng.random() < 0.015
-        age = int(np.clip(round((AGE[CLASSES[dx]] + rng.normal(0, 14)) / 5) * 5, 5, 85))
-        sex = "" if unknown else ("male" if male else "female")
+        u_sex, unknown = rng.random(), rng.random() < P_UNKNOWN_PATIENT  # the draws of version 1, same order
+        age = int(np.clip(round((AGE[CLASSES[dx]] + rng.normal(0, AGE_SD)) / 5) * 5, 5, 85))
+        sex = "" if unknown else ("male" if u_sex < P_MALE[CLASSES[dx]] else "female")
         meta = {"dx": CLASSES[dx], "site": site, "site_label": "" if missing else site, "lesion": lesion,
-                "lesion_id": "" if no_id else f"SYN_{lesion:07d}", "male": male, "sex": sex,
+                "lesion_id": "" if no_id else f"SYN_{lesion:07d}", "hairy": u_sex < P_HAIRY, "sex": sex,
                 "age": "" if unknown else f"{age:.1f}"}  # fmt: skip
         rows += [dict(meta) for _ in range(views)]
         lesion += 1
@@ -110,11 +123,24 @@ def _check(out: Path, n: int, image_size: int, seed: int, workers: int | None) -
         raise UserError(f"synthetic data: workers={workers}; use 1 or more (or leave it out for all cores)")
     args = dict(generator="skintune-synthetic", version=VERSION, n=n, image_size=image_size, seed=seed)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not _is_complete(out, args):
+        if _older_version(out, args):
+            return args  # made by an older generator with the same arguments: generate() replaces it
         raise UserError(
             f"{out} already exists and is not a synthetic dataset made with n={n}, image size {image_size}, "
             f"seed {seed} (generator version {VERSION}); choose a new --out directory or delete it"
         )
     return args
+
+
+def _older_version(out: Path, args: dict) -> bool:
+    """Whether ``out`` holds a dataset of an older generator version made with the same n, image size and seed."""
+    try:
+        made = json.loads((out / "synth.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(made, dict) or not isinstance(made.get("version"), int):
+        return False
+    return made["version"] < args["version"] and made == {**args, "version": made["version"]}
 
 
 def _is_complete(out: Path, args: dict) -> bool:
@@ -148,7 +174,7 @@ def generate(
     (tmp / IMAGES).mkdir(parents=True)
     rows = _plan(n, seed)
     jobs = [(str(tmp / IMAGES / f"{r['image']}.jpg"), image_size, seed, r["lesion"], i, r["dx"], r["site"],
-             r["male"]) for i, r in enumerate(rows)]  # fmt: skip
+             r["hairy"]) for i, r in enumerate(rows)]  # fmt: skip
     workers = min(workers or os.cpu_count() or 1, n)
     with tqdm(total=n, desc="synthetic images", unit="img", disable=not progress) as bar:
         if workers == 1:
@@ -161,6 +187,8 @@ def generate(
                     bar.update()
     _write_csvs(tmp, rows)
     (tmp / "synth.json").write_text(json.dumps(args, indent=2) + "\n")
+    if out.exists() and _older_version(out, args):
+        shutil.rmtree(out)  # a dataset of an older generator version with the same arguments (see _check)
     if out.exists():
         out.rmdir()  # an empty directory, checked above
     tmp.rename(out)

@@ -307,11 +307,12 @@ def _optics(rng: np.random.Generator, img: np.ndarray) -> np.ndarray:
 
 
 def render(job: tuple) -> None:
-    """Draw and write one image; ``job`` = (path, size, seed, lesion index, image index, dx, site, male)."""
-    path, size, seed, lesion, index, dx, site, male = job
+    """Draw and write one image; ``job`` = (path, size, seed, lesion index, image index, dx, site, hairy): ``hairy``
+    (the patient's hair trait, mostly the men: see synthetic.py) makes hair denser."""
+    path, size, seed, lesion, index, dx, site, hairy = job
     lrng = np.random.default_rng([seed, 0, lesion])  # the lesion and its patient: same in every view
     vrng = np.random.default_rng([seed, 1, index])  # this view
-    tone, hair = lrng.normal(0, 1), lrng.lognormal(0.3 if male else -0.7, 0.5)
+    tone, hair = lrng.normal(0, 1), lrng.lognormal(0.3 if hairy else -0.7, 0.5)
     hair_colour = COLOURS["black"] * lrng.uniform(0.5, 2.5)
     p, a = _view(vrng, *_lesion(lrng, _look(lrng, dx), size, tone))
     img = _skin(vrng, SITES[site], tone, size) * (1 - a[..., None]) + p
