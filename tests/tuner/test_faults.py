@@ -329,7 +329,7 @@ def test_worker_sigkilled_mid_epoch_restarts_from_the_checkpoint_with_its_optimi
 
 # -- a trial that diverges inside a search ------------------------------------------------------------------------
 def test_a_diverging_trial_is_recorded_with_a_finite_objective_and_the_search_goes_on(
-    make_experiment, ray_cluster, tmp_path
+    make_experiment, ray_cluster, tmp_path, capsys
 ):
     import math
 
@@ -362,6 +362,7 @@ def test_a_diverging_trial_is_recorded_with_a_finite_objective_and_the_search_go
         train={"workers_per_trial": 1, "grad_clip": 0.0, "warmup_epochs": 0},
     )
     _, table = run_tune(exp)
+    printed = capsys.readouterr().out
 
     table = pd.read_parquet(Path(tune_dir(exp), "results.parquet"))
     assert len(table) == 2
@@ -374,6 +375,8 @@ def test_a_diverging_trial_is_recorded_with_a_finite_objective_and_the_search_go
     assert table["best_objective"].iloc[-1] == diverged["best_objective"].iloc[0]
     assert diverged["best_objective"].iloc[0] < table["best_objective"].iloc[0]
     assert diverged["epochs"].iloc[0] == 1  # it stopped at the first non-finite loss, not after max_epochs
+    # the console says so in the trial's line, in the table's words
+    assert f"tune: [1/2] trial {diverged['trial_id'].iloc[0]} diverged, 1 epoch, val/lesion_bacc " in printed, printed
     # the searcher was told a finite value for every trial (Optuna refuses NaN: such a trial would be FAILED)
     trials = optuna.load_study(study_name=exp.name, storage=study).trials
     assert len(trials) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
