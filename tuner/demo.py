@@ -61,6 +61,7 @@ def run_demo(storage: str | None, smoke: bool = False) -> dict:
     started = time.perf_counter()
     exp = load_experiment(experiment_file(smoke), storage=storage)
     total = 5
+    assert exp.data.synth is not None  # demo.yaml and smoke.yaml synthesise their data
     _stage(1, total, f"synthesise {exp.data.synth.n} images and prepare shards ({exp.data.root})")
     ensure_data(exp)
     _stage(

@@ -82,13 +82,8 @@ def search_budgets(exp: ExperimentConfig, baseline: str, baseline_exp: Experimen
     best_trial(exp)  # both searches finished, each with a usable trial, or a clear error
     best_trial(source, arm)
     budgets[SINGLE_TASK] = read_search_record(where)
-    for label, path, record in ((MTL, tune_dir(exp), budgets[MTL]), (SINGLE_TASK, where, budgets[SINGLE_TASK])):
-        if record is None:
-            raise UserError(
-                f"{storage.join(path, SEARCH_RECORD)} not found: the {label} search ran before skintune recorded "
-                "search budgets, so an equal budget cannot be checked; rerun that search, or use --baseline ablation"
-            )
-    differences = budget_differences(budgets[MTL], budgets[SINGLE_TASK])
+    mtl = _recorded(MTL, tune_dir(exp), budgets[MTL])
+    differences = budget_differences(mtl, _recorded(SINGLE_TASK, where, budgets[SINGLE_TASK]))
     if differences:
         raise UserError(
             f"baseline search {where} differs from the MTL search {tune_dir(exp)} in {'; '.join(differences)} "
@@ -96,6 +91,16 @@ def search_budgets(exp: ExperimentConfig, baseline: str, baseline_exp: Experimen
             "experiment's tune settings and prepared data, or use --baseline ablation"
         )
     return budgets
+
+
+def _recorded(label: str, tune_path: str, record: dict | None) -> dict:
+    """A search's record (search.json), or a UserError when it has none."""
+    if record is None:
+        raise UserError(
+            f"{storage.join(tune_path, SEARCH_RECORD)} not found: the {label} search ran before skintune recorded "
+            "search budgets, so an equal budget cannot be checked; rerun that search, or use --baseline ablation"
+        )
+    return record
 
 
 def arm_configs(exp: ExperimentConfig, prepared: str, baseline: str, baseline_exp: ExperimentConfig | None):
@@ -127,6 +132,8 @@ def _fit_and_evaluate(config: dict, exp_dump: dict, run_dir: str, use_gpu: bool,
     result = make_trainer(config, exp, "run", run_dir, use_gpu).fit()
     if result.error is not None:
         raise RuntimeError(f"retrain {arm} seed {seed} failed: {result.error}")
+    if not result.best_checkpoints:
+        raise RuntimeError(f"retrain {arm} seed {seed} saved no checkpoint")
     sign = 1 if exp.tune.mode == "max" else -1
     checkpoint, val = max(result.best_checkpoints, key=lambda cm: sign * cm[1].get(exp.tune.metric, -math.inf))
     with checkpoint.as_directory() as local:  # a local copy when the run is on cloud storage

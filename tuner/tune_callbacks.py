@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, TBXLoggerCallback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, LoggerCallback, TBXLoggerCallback
 
 
 class EpochReportCallback(TuneReportCallback):
@@ -39,7 +39,7 @@ class LoggedEpochs:
     progress.csv (where the driver has it: a local experiment)."""
 
     def __init__(self):
-        self._last: dict[str, int] = {}
+        self._last: dict[str, float] = {}  # -inf: none logged
         self._current: dict[str, tuple[dict, bool]] = {}  # per trial: the result being logged, and the verdict
 
     def repeat(self, trial, result: dict) -> bool:
@@ -65,7 +65,9 @@ def _last_logged_epoch(path: Path) -> float:
     return max(epochs, default=-math.inf)
 
 
-class _OncePerEpoch:
+class _OncePerEpoch(LoggerCallback):
+    """Mixed in before one of Tune's loggers: its log_trial_result skips a repeated epoch."""
+
     def __init__(self, logged: LoggedEpochs):
         super().__init__()
         self._logged = logged
