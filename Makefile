@@ -19,9 +19,11 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(BIN)/skintune demo --storage $(STORAGE)
 
+# ruff, then mypy over tuner/, trainables/ and search_spaces/ (configured in pyproject.toml's [tool.mypy])
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest -q
