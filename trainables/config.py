@@ -34,6 +34,14 @@ class TrainConfig(BaseModel):
     weights_file: str | None = None
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     multitask: bool = True
+    metadata_inputs: list[Literal["site", "age", "sex"]] = Field(
+        default_factory=list,
+        description="patient metadata fused with the image features before the lesion head (empty: image only)",
+    )
+    metadata_dropout: float = Field(
+        0.1, ge=0.0, le=1.0, description="training: probability that each metadata field is blanked (set missing)"
+    )
+    fusion_width: int = Field(64, ge=1, description="width of the metadata MLP (with metadata_inputs)")
     # losses
     w_lesion: float = Field(1.0, ge=0.0)
     w_site: float = Field(0.5, ge=0.0)
@@ -65,6 +73,14 @@ class TrainConfig(BaseModel):
     )
     # records
     tensorboard_dir: str | None = Field(None, description="where rank 0 writes TensorBoard events")
+
+    @field_validator("metadata_inputs")
+    @classmethod
+    def _distinct_inputs(cls, fields: list[str]) -> list[str]:
+        repeated = sorted({f for f in fields if fields.count(f) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once; name each field once")
+        return fields
 
     @field_validator("backbone")
     @classmethod

@@ -55,13 +55,16 @@ def _gather(parts: dict) -> list[dict]:
 
 @torch.no_grad()
 def predict(model, loader: Iterable, loss_fn, device, rank: int = 0, world: int = 1, autocast=None) -> Predictions:
-    """Run ``model`` over ``loader`` (built on :func:`rank_slice`) and gather the whole split on every rank."""
+    """Run ``model`` over ``loader`` (built on :func:`rank_slice`) and gather the whole split on every rank.
+    Batches are ``(images, lesion, site)`` or, for a network with metadata inputs, ``(images, lesion, site, meta)``
+    (``ShardDataset(with_meta=True)``): the metadata as recorded, never blanked."""
     model.eval()
     lesion_p, site_p, les, sit, loss_sum = [], [], [], [], 0.0
-    for images, lesion, site in loader:
+    for images, lesion, site, *meta in loader:
         images, lesion, site = images.to(device), lesion.to(device), site.to(device)
+        inputs = (images, meta[0].to(device)) if meta else (images,)
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
-            lesion_logits, site_logits = model(images)
+            lesion_logits, site_logits = model(*inputs)
             losses = loss_fn(lesion_logits.float(), None if site_logits is None else site_logits.float(), lesion, site)
         loss_sum += float(losses["loss"]) * len(lesion)
         lesion_p.append(torch.softmax(lesion_logits.float(), 1).cpu())
@@ -112,7 +115,7 @@ def evaluate_checkpoint(checkpoint_dir: str, split: str = "test", batch_size: in
     load_weights(checkpoint_dir, parts.model)
     assert parts.loss is not None  # built with_loss
     parts.loss.load_state_dict(load_train_state(checkpoint_dir)["loss"])  # learned task weights, as trained
-    dataset = ShardDataset(prepared, split, parts.eval_transform)
+    dataset = ShardDataset(prepared, split, parts.eval_transform, with_meta=bool(parts.metadata_inputs))
     pred = predict(parts.model, DataLoader(dataset, batch_size=batch_size), parts.loss, torch.device("cpu"))
     metrics, _ = split_metrics(pred, info["lesion_classes"], split)
     frame = pd.DataFrame(

@@ -8,9 +8,9 @@ head sizes, the image size, the normalisation and the augmentation settings are 
 that a checkpoint or an export bundle records: ``lesion_classes``, ``site_classes`` and, where the config sets no
 ``image_size``, ``prepare_options.image_size``; a loss also needs the training split's ``counts``.
 
-Inputs beyond the image (body site, age or sex, fused with the image features) are added here when they come:
-the config says which are used, ``info`` holds their vocabularies, :func:`build_parts` hands both to the network,
-and :class:`ModelParts` carries what the loaders and the export bundle need to know about them.
+Inputs beyond the image (body site, age, sex: ``cfg.metadata_inputs``, fused with the image features before the
+lesion head) are set up here too: ``info["site_classes"]`` gives the site one-hot's width, :func:`build_parts` hands
+both to the network, and :attr:`ModelParts.metadata_inputs` says what the loaders and the export bundle need.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class ModelParts:
     augment: Augment  # the config's training augmentation
     eval_transform: Callable  # uint8 CHW image -> normalised float input (validation, test, predict)
     loss: MultiTaskLoss | None  # None unless asked for (``with_loss``)
+    metadata_inputs: tuple[str, ...] = ()  # the metadata the network takes besides the image (site, age, sex order)
 
     def train_transform(self) -> Callable:
         """The training transform: :attr:`augment` at :attr:`image_size`, normalised as :attr:`eval_transform`."""
@@ -66,6 +67,9 @@ def build_parts(
         num_site_classes=len(info["site_classes"]) if cfg.multitask else 0,
         dropout=cfg.dropout,
         weights_file=cfg.weights_file,
+        metadata_inputs=cfg.metadata_inputs,
+        num_sites=len(info["site_classes"]),
+        fusion_width=cfg.fusion_width,
     )
     norm = data_config(cfg.backbone)
     mean, std = tuple(norm["mean"]), tuple(norm["std"])
@@ -80,4 +84,5 @@ def build_parts(
         augment=augment,
         eval_transform=build_transforms(int(image_size), mean, std, train=False),
         loss=make_loss(cfg, info) if with_loss else None,
+        metadata_inputs=model.metadata_inputs,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -130,3 +131,28 @@ def test_a_folder_prepared_before_patient_metadata_still_loads(smoke_data, tmp_p
         assert torch.equal(image, before[0][0]) and (lesion, site) == before[0][1:]
     batch = next(iter(make_loader(ShardDataset(old, "train", transform), batch_size=4, train=True)))
     assert batch[0].shape == (4, 3, 32, 32)
+
+
+def test_items_with_meta_carry_the_raw_codes_on_both_loader_paths(smoke_data):
+    """``with_meta``: items end with the image's raw [site, age, sex] codes (NaN / -1 = missing); the gpu_decode
+    path (here on the CPU device) yields the same 4-tuples as the plain one; without it items stay 3-tuples."""
+    from trainables.data.loader import DeviceDecoded, collate_encoded
+
+    _, prepared = smoke_data
+    transform = build_transforms(32, (0.5,) * 3, (0.5,) * 3, train=False)
+    data = ShardDataset(prepared, "train", transform, with_meta=True)
+    image, lesion, site, meta = data[3]
+    assert meta.dtype == torch.float32 and meta.shape == (3,) and site == data.site[3] and lesion == data.lesion[3]
+    assert meta[0] == data.site[3] and meta[2] == data.sex[3]
+    assert (math.isnan(meta[1]) and math.isnan(data.age[3])) or meta[1] == data.age[3]
+    assert len(ShardDataset(prepared, "train", transform)[3]) == 3
+    assert np.isnan(data.meta[:, 1]).any() and (data.meta[:, 2] == -1).any()  # missing values come through
+    plain = list(DataLoader(data, batch_size=8))
+    encoded = ShardDataset(prepared, "train", encoded=True, with_meta=True)
+    device = list(DeviceDecoded(DataLoader(encoded, batch_size=8, collate_fn=collate_encoded), transform, "cpu"))
+    assert len(plain) == len(device) > 1
+    for a, b in zip(plain, device, strict=True):
+        assert len(a) == len(b) == 4 and a[3].shape == (len(a[1]), 3)
+        torch.testing.assert_close(a[0], b[0], rtol=0, atol=0)
+        assert torch.equal(a[1], b[1]) and torch.equal(a[2], b[2])
+        torch.testing.assert_close(a[3], b[3], rtol=0, atol=0, equal_nan=True)

@@ -53,3 +53,26 @@ def test_checkpoint_metrics_are_those_of_its_predictions(smoke_data, tmp_path, w
     assert metrics["val/loss"] == pytest.approx(totals["checkpoint"] / len(dataset), rel=1e-5)
     if weighting == "uncertainty":
         assert metrics["val/loss"] != pytest.approx(totals["fresh"] / len(dataset), rel=1e-3)
+
+
+def test_a_metadata_checkpoint_is_evaluated_with_each_images_recorded_metadata(smoke_data, tmp_path):
+    """A network with metadata inputs gets every image's own raw codes (never blanked) at evaluation: the
+    predictions are those of the network called with the split's metadata, and differ from all-missing ones."""
+    prepared = smoke_data[1]
+    cfg = TrainConfig(
+        prepared=prepared, backbone="test_efficientnet", pretrained=False, metadata_inputs=["site", "age", "sex"]
+    )
+    info = load_info(prepared)
+    torch.manual_seed(0)
+    parts = build_parts(cfg, info, with_loss=True)
+    save_checkpoint(tmp_path, parts.model, {"loss": parts.loss.state_dict()}, {"config": cfg.model_dump()})
+    _, frame = evaluate_checkpoint(str(tmp_path), "val", batch_size=16)
+    dataset = ShardDataset(prepared, "val")
+    rows = range(8)
+    images = torch.stack([parts.eval_transform(dataset.decode(i)) for i in rows])
+    with torch.no_grad():
+        with_meta = torch.softmax(parts.model.eval()(images, torch.from_numpy(dataset.meta[:8]))[0], 1)
+        without = torch.softmax(parts.model(images)[0], 1)
+    got = np.stack(frame["lesion_probs"][:8])
+    np.testing.assert_allclose(got, with_meta.numpy(), atol=1e-5)
+    assert not np.allclose(got, without.numpy(), atol=1e-5)

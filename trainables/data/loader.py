@@ -26,6 +26,7 @@ from torchvision.transforms import v2
 from trainables.data.augment import TrainAugment
 from trainables.data.prepare import load_info
 from trainables.errors import UserError
+from trainables.metadata import raw_metadata
 
 # torchvision 0.29 deprecates its JPEG codec in favour of TorchCodec, which needs FFmpeg's libraries; the codec
 # still works (libjpeg-turbo) and is the fastest option here, so only this one warning is silenced.
@@ -69,10 +70,18 @@ def build_transforms(image_size: int, mean, std, train: bool, augment: Augment |
 
 
 class ShardDataset(Dataset):
-    """Images of one split of a prepared dataset; items are ``(image, lesion, site)``."""
+    """Images of one split of a prepared dataset; items are ``(image, lesion, site)``, and with ``with_meta``
+    ``(image, lesion, site, meta)``: ``meta`` the image's raw patient codes, a float32 tensor ``[site, age, sex]``
+    (-1 / NaN / -1 = missing; :mod:`trainables.metadata`), what a network with ``metadata_inputs`` takes."""
 
     def __init__(
-        self, prepared: str | Path, split: str, transform=None, limit: int | None = None, encoded: bool = False
+        self,
+        prepared: str | Path,
+        split: str,
+        transform=None,
+        limit: int | None = None,
+        encoded: bool = False,
+        with_meta: bool = False,
     ):
         self.info = load_info(prepared)
         files = [Path(prepared).expanduser() / s["file"] for s in self.info["shards"] if s["split"] == split]
@@ -92,6 +101,8 @@ class ShardDataset(Dataset):
             table.column("age").to_numpy().astype(np.float32) if "age" in patient else np.full(n, np.nan, np.float32)
         )
         self.sex = table.column("sex").to_numpy().astype(np.int64) if "sex" in patient else np.full(n, -1, np.int64)
+        self.meta = raw_metadata(self.site, self.age, self.sex)  # (n, 3) float32: the items' ``meta``
+        self.with_meta = with_meta
         self.image_ids = table.column("image_id").to_pylist()
         self.group_ids = table.column("group_id").to_pylist()  # the lesion (or patient): the statistics' unit
         self.transform = transform
@@ -120,18 +131,22 @@ class ShardDataset(Dataset):
             image = self.transform(image)
         return image, *self.labels(index)
 
-    def labels(self, index: int) -> tuple[int, int]:
+    def labels(self, index: int) -> tuple:
+        """``(lesion, site)``, and the raw metadata codes as a third element with ``with_meta``."""
+        if self.with_meta:
+            return int(self.lesion[index]), int(self.site[index]), torch.from_numpy(self.meta[index])
         return int(self.lesion[index]), int(self.site[index])
 
 
-def collate_encoded(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate_encoded(batch: list) -> tuple[torch.Tensor, ...]:
     """DataLoader ``collate_fn`` for ``ShardDataset(encoded=True)``: the batch's JPEGs end to end in one uint8 tensor,
     with their lengths (:func:`split_encoded` takes them apart). One tensor crosses from a loader worker, not one per
     image: each tensor sent is a shared-memory file of its own, and 128 of them cost the training process ~25 ms
-    a batch to receive (1.7 ms as one, measured on 2 cores); the pinned-memory thread then pins one buffer too."""
-    encoded, lesion, site = zip(*batch, strict=True)
+    a batch to receive (1.7 ms as one, measured on 2 cores); the pinned-memory thread then pins one buffer too.
+    Returns ``(data, lengths, lesion, site)``, and the items' ``meta`` stacked after them where they have one."""
+    encoded, lesion, site, *meta = zip(*batch, strict=True)
     lengths = torch.tensor([len(e) for e in encoded])
-    return torch.cat(encoded), lengths, torch.tensor(lesion), torch.tensor(site)
+    return torch.cat(encoded), lengths, torch.tensor(lesion), torch.tensor(site), *(torch.stack(m) for m in meta)
 
 
 def split_encoded(data: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
@@ -141,10 +156,10 @@ def split_encoded(data: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tenso
 
 class DeviceDecoded:
     """Wraps a DataLoader of encoded batches (``ShardDataset(encoded=True)`` with :func:`collate_encoded`) and yields
-    ``(images, lesion, site)`` on ``device``: each batch's JPEGs decoded there in one call (nvJPEG on a GPU,
-    ``torchvision.io.decode_jpeg(device=...)``), then transformed there a batch at a time
-    (:meth:`transform_batch`). The option ``train.gpu_decode`` moves decoding and augmentation off the CPU cores,
-    for a GPU they cannot keep busy.
+    ``(images, lesion, site)`` on ``device`` (and ``meta`` where the items have it: the plain loader's tuple): each
+    batch's JPEGs decoded there in one call (nvJPEG on a GPU, ``torchvision.io.decode_jpeg(device=...)``), then
+    transformed there a batch at a time (:meth:`transform_batch`). The option ``train.gpu_decode`` moves decoding and
+    augmentation off the CPU cores, for a GPU they cannot keep busy.
     Anything else (``len``, ``sampler``) is the wrapped loader's."""
 
     def __init__(self, loader: DataLoader, transform, device: torch.device):
@@ -157,10 +172,10 @@ class DeviceDecoded:
         return getattr(self.loader, name)
 
     def __iter__(self):
-        for data, lengths, lesion, site in self.loader:
+        for data, lengths, *labels in self.loader:
             images = decode_jpeg(split_encoded(data, lengths), mode=ImageReadMode.RGB, device=self.device)
             on = dict(device=self.device, non_blocking=True)
-            yield self.transform_batch(images), lesion.to(**on), site.to(**on)
+            yield self.transform_batch(images), *(t.to(**on) for t in labels)
 
     def transform_batch(self, images: list[torch.Tensor]) -> torch.Tensor:
         """One call per step for the whole batch: :meth:`TrainAugment.batch` for training; the evaluation
