@@ -72,11 +72,21 @@ class TuneSection(_Strict):
     max_failures: int = Field(1, ge=0, description="retries of a failed trial")
     worker_max_failures: int = Field(2, ge=0, description="worker-group restarts inside a trial")
     keep_checkpoints: int = Field(2, ge=1)
+    deterministic: bool = Field(
+        False,
+        description="one trial at a time: the sampler and early stopping see the same results in the same order on "
+        "any machine, so a rerun takes the same decisions (slower when the cluster could run trials side by side)",
+    )
 
     @model_validator(mode="after")
     def _grace_within_budget(self):
         if self.grace_period > self.max_epochs:
             raise ValueError(f"grace_period ({self.grace_period}) must not exceed max_epochs ({self.max_epochs})")
+        if self.deterministic and (self.max_concurrent_trials or 1) > 1:
+            raise ValueError(
+                f"deterministic: true runs one trial at a time; remove max_concurrent_trials "
+                f"({self.max_concurrent_trials}) or set deterministic: false"
+            )
         return self
 
 

@@ -69,3 +69,9 @@ def max_concurrent(exp: ExperimentConfig, resources: dict, use_gpu: bool) -> int
     if use_gpu:
         fits.append(resources.get("GPU", 0) // t.workers_per_trial)
     return max(1, int(min(fits)))
+
+
+def search_concurrency(exp: ExperimentConfig, resources: dict, use_gpu: bool) -> int:
+    """How many trials of a search run at once: one with ``tune.deterministic`` (each suggestion and each early
+    stop then sees every earlier trial's results, in the same order on any machine), else :func:`max_concurrent`."""
+    return 1 if exp.tune.deterministic else max_concurrent(exp, resources, use_gpu)

@@ -18,7 +18,7 @@ from trainables import storage
 from trainables.config import TRAIN_KEYS
 from trainables.data.adapters import check_format
 from tuner.config import ExperimentConfig
-from tuner.layout import DRIVER_CPU, max_concurrent, min_cluster_cpus, tune_dir
+from tuner.layout import DRIVER_CPU, min_cluster_cpus, search_concurrency, tune_dir
 
 
 def asha_rungs(max_epochs: int, grace_period: int, reduction_factor: float) -> list[int]:
@@ -90,7 +90,15 @@ def _search_rows(exp: ExperimentConfig, space: SearchSpace) -> list[str]:
         spent += f"; the search ends at {t.max_trial_epochs} (tune.max_trial_epochs)"
     else:
         spent += "; no tune.max_trial_epochs budget below that"
-    return [*rows, f"  budget        {spent}"]
+    rows.append(f"  budget        {spent}")
+    if exp.compare.baseline == "tuned":
+        rows.append(
+            f"  baseline      then a single-task search with the same budget ({t.num_samples} trials; this space "
+            "minus its scientific parameters), into tune_single_task/ (compare.baseline: tuned)"
+        )
+    else:
+        rows.append("  baseline      the ablation: the best configuration with the site head off (compare.baseline)")
+    return rows
 
 
 def _resource_rows(exp: ExperimentConfig, cluster: str | None, warnings: list[str]) -> list[str]:
@@ -113,8 +121,9 @@ def _resource_rows(exp: ExperimentConfig, cluster: str | None, warnings: list[st
         resources = local_resources(min_cluster_cpus(exp))
         where = f"this machine ({resources['CPU']} CPU slots, {resources['GPU']} GPU)"
     gpu = resources.get("GPU", 0) > 0 if tr.use_gpu == "auto" else bool(tr.use_gpu)
-    n = max_concurrent(exp, resources, gpu)
-    how = "tune.max_concurrent_trials" if exp.tune.max_concurrent_trials else where
+    n = search_concurrency(exp, resources, gpu)
+    how = "tune.deterministic" if exp.tune.deterministic else where
+    how = "tune.max_concurrent_trials" if exp.tune.max_concurrent_trials else how
     rows.append(f"  concurrency   {_count(n, 'trial')} at once on {how}; trials train on {'GPU' if gpu else 'CPU'}")
     if gpu and not resources.get("GPU", 0):
         warnings.append(

@@ -31,10 +31,10 @@ from tuner.layout import (
     DRIVER_CPU,
     MTL,
     SEARCH_TITLES,
-    max_concurrent,
     min_cluster_cpus,
     runs_dir,
     search_arms,
+    search_concurrency,
     tune_dir,
     tune_name,
 )
@@ -80,6 +80,56 @@ def trial_driver(config: dict, exp: dict, prepared: str, use_gpu: bool, arm: str
         raise result.error
 
 
+class ResumableASHA(ASHAScheduler):
+    """ASHA whose rungs survive ``tune --resume``.
+
+    Ray Tune (2.60) leaves the scheduler out of the experiment state it saves (``TuneController.__getstate__``): a
+    restored Tuner runs with the scheduler pickled into ``tuner.pkl`` when the experiment started, its rungs
+    empty, so the trials that reported before the kill no longer count and ASHA stops fewer trials afterwards.
+    Here each restored trial that had reported is replayed into its bracket from its ``progress.csv`` in the
+    storage (what Tune logged, saved with the state it is restored from; ``training_iteration`` is the epoch).
+    A rung keeps a trial's first value, so replaying a trial seen before (Tune re-adds a trial it retries)
+    changes nothing. Module-level: Tune pickles it into ``tuner.pkl``."""
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)
+        if trial.has_reported_at_least_once:
+            bracket = self._trial_info[trial.trial_id]
+            for step, value in _logged(trial, self._time_attr, self._metric):
+                bracket.on_result(trial, step, self._metric_op * value)
+
+
+def _logged(trial, time_attr: str, metric: str) -> list[tuple[float, float]]:
+    """(time, metric) of each result in the trial's progress.csv in the storage, in order ([] if none there; a row
+    cut short by a kill is left out)."""
+    try:
+        with trial.storage.storage_filesystem.open_input_stream(f"{trial.path}/progress.csv") as f:
+            text = f.read().decode()
+    except OSError:
+        return []
+    out = []
+    for row in csv.DictReader(io.StringIO(text)):
+        try:
+            step, value = float(row[time_attr]), float(row[metric])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if math.isfinite(step) and math.isfinite(value):
+            out.append((step, value))
+    return out
+
+
+def make_scheduler(t: TuneSection):
+    """The search's trial scheduler: ASHA over epochs (one that survives a resume), or FIFO (none)."""
+    if t.scheduler != "asha":
+        return FIFOScheduler()
+    return ResumableASHA(
+        time_attr="training_iteration",
+        max_t=t.max_epochs,
+        grace_period=t.grace_period,
+        reduction_factor=t.reduction_factor,
+    )
+
+
 def make_tuner(
     exp: ExperimentConfig, prepared: str, use_gpu: bool, resources: dict, resume: bool, arm: str = MTL
 ) -> tune.Tuner:
@@ -92,25 +142,15 @@ def make_tuner(
     if resume:
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True)
     t = exp.tune
-    scheduler = (
-        ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=t.max_epochs,
-            grace_period=t.grace_period,
-            reduction_factor=t.reduction_factor,
-        )
-        if t.scheduler == "asha"
-        else FIFOScheduler()
-    )
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             metric=t.metric,
             mode=t.mode,
             search_alg=make_searcher(exp, arm),
-            scheduler=scheduler,
+            scheduler=make_scheduler(t),
             num_samples=t.num_samples,
-            max_concurrent_trials=max_concurrent(exp, resources, use_gpu),
+            max_concurrent_trials=search_concurrency(exp, resources, use_gpu),
         ),
         run_config=tune.RunConfig(
             name=tune_name(arm),
@@ -176,7 +216,7 @@ def run_search(
         print(f"tune: {SEARCH_TITLES[arm]} finished earlier; kept ({path}/results.parquet)", flush=True)
         return None, read_results(path)
     restore = resume and tune.Tuner.can_restore(path)
-    _announce(exp, arm, restore, max_concurrent(exp, resources, gpu))
+    _announce(exp, arm, restore, search_concurrency(exp, resources, gpu))
     fingerprint = dataset_fingerprint(prepared)
     spent = (read_search_record(path) or {}).get("wall_s", 0.0) if restore else 0.0
     started = time.monotonic()
