@@ -221,6 +221,19 @@ def test_statistics_are_described_as_computed(report):
     assert len(class_rows) == 6 and all(" to " in line for line in class_rows[:3])  # per-class CIs (3 more: data)
 
 
+def test_ci_json_holds_the_comparisons_the_export_quotes(report):
+    md = (report / "report.md").read_text()
+    ci = json.loads((report / "ci.json").read_text())
+    assert [ci[k]["role"] for k in ("test/lesion_bacc", "test/lesion_auc", "test/lesion_acc")] == [
+        "primary",
+        "exploratory",
+        "exploratory",
+    ]
+    row = ci["test/lesion_bacc"]
+    assert f"{100 * row['diff']:+.1f} | {100 * row['low']:+.1f} to {100 * row['high']:+.1f}" in md
+    assert row["p_holm"] is None and ci["test/lesion_auc"]["p_holm"] >= ci["test/lesion_auc"]["p_value"]
+
+
 def test_without_search_and_without_retrain(tmp_path):
     exp = make_experiment(tmp_path, with_search=False)
     md = build_report(exp, n_boot=100, n_perm=50).with_name("report.md").read_text()

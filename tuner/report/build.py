@@ -7,11 +7,20 @@ test predictions, draw the figures and write ``report/{report.html, report.md, r
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from pathlib import Path
 
 from trainables import storage
 from tuner.report import context_sections, render, result_sections
-from tuner.report.comparison import N_BOOT, N_PERM, check_metrics_json, compare, metrics_table, pooled_mcnemar
+from tuner.report.comparison import (
+    N_BOOT,
+    N_PERM,
+    check_metrics_json,
+    ci_record,
+    compare,
+    metrics_table,
+    pooled_mcnemar,
+)
 from tuner.report.load import Inputs, load_inputs
 
 
@@ -37,6 +46,7 @@ def build_report(experiment_dir: str | Path, n_boot: int = N_BOOT, n_perm: int =
     table = metrics_table(inp)
     storage.write_parquet(str(out / "results.parquet"), table)  # atomic: a killed compare leaves no half file
     comparisons = compare(inp, table, n_boot, n_perm)
+    storage.write_text(str(out / "ci.json"), json.dumps(ci_record(inp, comparisons), indent=2))  # read by export
     notes = check_metrics_json(inp, table)
     parts = [
         result_sections.headline(inp, comparisons, pooled_mcnemar(inp), notes, out),

@@ -100,6 +100,25 @@ def compare(inp: Inputs, table: pd.DataFrame, n_boot: int = N_BOOT, n_perm: int 
     return out
 
 
+def ci_record(inp: Inputs, comparisons: list[Comparison]) -> dict:
+    """``report/ci.json``: per headline metric, MTL - single-task with its CI and p-values (what the export's
+    ``metrics.json`` and model card quote)."""
+    return {
+        c.key: {
+            "diff": c.diff,
+            "low": c.low,
+            "high": c.high,
+            "p_value": c.p_value,
+            "p_holm": c.p_holm,
+            "role": "primary" if c.primary else "exploratory",
+            "baseline": inp.summary.get("baseline_kind"),
+            "seeds": len(inp.seeds),
+            "estimand": ESTIMAND,
+        }
+        for c in comparisons
+    }
+
+
 def rate_intervals(inp: Inputs, masks: list[np.ndarray], n_boot: int = N_BOOT) -> list[dict | None]:
     """Per mask (e.g. the test images of one class, or of one body site): MTL - single-task lesion accuracy on
     those images with its two-level bootstrap CI (``{diff, low, high}``), None for an empty mask."""
