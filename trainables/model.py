@@ -17,7 +17,7 @@ return ``None``, so a traced single-task model returns an empty ``(batch, 0)`` s
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import cast
 
 import timm
@@ -100,7 +100,7 @@ def build_model(
     num_site_classes: int,
     dropout: float,
     weights_file: str | None = None,
-    metadata_inputs: tuple[str, ...] | list[str] = (),
+    metadata_inputs: Sequence[str] = (),
     num_sites: int = 0,
     fusion_width: int = 64,
 ) -> MultiTaskNet:
