@@ -45,8 +45,8 @@ def _legend_right(ax) -> None:
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
 
 
-def _legend_below(ax, ncol: int) -> None:
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=ncol, fontsize=8, frameon=False)
+def _legend_below(ax, ncol: int, below: float = 0.14) -> None:
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -below), ncol=ncol, fontsize=8, frameon=False)
 
 
 def _slanted(ax, labels: list[str]) -> None:
@@ -70,7 +70,7 @@ def headline(per_seed: dict[str, dict[str, list[float]]], diffs: dict[str, dict]
     ax.set_xticks(x, metrics)
     ax.set_ylim(0, 1)
     ax.set_title("test split, mean over seeds (dots: seeds)")
-    _legend_below(ax, 2)
+    _legend_below(ax, 2, below=0.22)  # under two-line tick labels (metric and its role)
     _style(ax)
     d = np.array([[diffs[m]["diff"], diffs[m]["low"], diffs[m]["high"]] for m in metrics]) * 100
     y = np.arange(len(metrics))[::-1]

@@ -119,12 +119,16 @@ def headline(inp: Inputs, comparisons: list[Comparison], mc: dict, notes: list[s
     sentence = stats.verdict(
         main.diff, main.low, main.high, main.p_value, metric_name=main.name, test="paired permutation test"
     )
+    label = {c.name: f"{c.name}\n({'primary' if c.primary else 'exploratory'})" for c in comparisons}
     fig = plots.headline(
-        {c.name: c.per_seed for c in comparisons},
-        {c.name: {"diff": c.diff, "low": c.low, "high": c.high} for c in comparisons},
+        {label[c.name]: c.per_seed for c in comparisons},
+        {label[c.name]: {"diff": c.diff, "low": c.low, "high": c.high} for c in comparisons},
         out / "headline.png",
     )
-    caption = "Test metrics per model (dots: seeds) and the paired difference with its 95 % bootstrap CI"
+    caption = (
+        "Test metrics per model (dots: seeds) and the paired difference with its 95 % two-level bootstrap CI "
+        "(seeds and lesions resampled)"
+    )
     return Section(
         TITLES["headline"],
         [
