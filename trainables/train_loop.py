@@ -6,6 +6,9 @@ Resumes from ``ray.train.get_checkpoint()``; a non-finite loss ends the run with
 finite metric values (never a NaN to the searcher). GPU-only paths (bf16 autocast, channels_last, pinned memory,
 non-blocking copies, ``gpu_decode``: nvJPEG decoding and augmentation on the GPU) are guarded by the device type, so
 the CPU path is the one the tests run (``gpu_decode``'s loader is also tested on the CPU device).
+A network with ``metadata_inputs`` gets each batch's raw patient codes, every field blanked with probability
+``metadata_dropout`` by a generator of (seed, rank, epoch) (:func:`trainables.metadata.blank_metadata`); evaluation
+passes them as recorded.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from trainables.data.loader import DeviceDecoded, ShardDataset, collate_encoded
 from trainables.data.prepare import load_info
 from trainables.evaluate import predict, rank_slice, split_metrics
 from trainables.factory import ModelParts, build_parts
+from trainables.metadata import blank_metadata, blanking_generator
 from trainables.model import MultiTaskNet, param_groups
 from trainables.tensorboard import confusion_figure, drop_stale_events, log_config, log_hparams, open_writer
 
@@ -77,8 +81,11 @@ def _loaders(
     (:class:`DeviceDecoded`), not in the loader workers."""
     train_tf, val_tf = parts.train_transform(), parts.eval_transform
     encoded = decode_on is not None
-    train_set = ShardDataset(prepared, "train", None if encoded else train_tf, limit=cfg.limit_train, encoded=encoded)
-    val_set = ShardDataset(prepared, "val", None if encoded else val_tf, encoded=encoded)
+    meta = bool(parts.metadata_inputs)  # items carry the raw metadata codes only for a network that takes them
+    train_set = ShardDataset(
+        prepared, "train", None if encoded else train_tf, limit=cfg.limit_train, encoded=encoded, with_meta=meta
+    )
+    val_set = ShardDataset(prepared, "val", None if encoded else val_tf, encoded=encoded, with_meta=meta)
     common: dict[str, Any] = dict(
         num_workers=cfg.loader_workers, pin_memory=on_gpu, persistent_workers=cfg.loader_workers > 0
     )
@@ -186,13 +193,19 @@ def train_epoch(run: Run, epoch: int, on_first_step=None) -> dict:
     sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
     sums = [0.0, 0.0, 0.0, 0.0]  # loss, lesion, site, images
     steps = len(run.train_loader)
-    for i, (images, lesion, site) in enumerate(run.train_loader):
+    fields = run.cfg.metadata_inputs
+    # metadata blanking: its own generator, a function of (seed, rank, epoch), so the global RNG is untouched
+    blanking = blanking_generator(run.cfg.seed, run.rank, epoch) if fields else None
+    for i, (images, lesion, site, *meta) in enumerate(run.train_loader):
         if on_first_step is not None and i == 0:
             on_first_step()
         if run.device.type == "cuda" and run.cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        inputs = (images,)
+        if blanking is not None and meta:  # each field set missing with probability metadata_dropout
+            inputs = (images, blank_metadata(meta[0], fields, run.cfg.metadata_dropout, blanking))
         with run.autocast() if run.autocast else contextlib.nullcontext():
-            lesion_logits, site_logits = run.model(images)
+            lesion_logits, site_logits = run.model(*inputs)
         out = run.loss_fn(lesion_logits.float(), None if site_logits is None else site_logits.float(), lesion, site)
         run.optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()

@@ -36,6 +36,7 @@ KNOWN_KEYS = [
     ),
     *("focal_gamma", "label_smoothing", "lr_backbone", "lr_head", "weight_decay", "warmup_epochs"),
     *("aug_strength", "crop_scale_min", "hflip", "rotation", "batch_size", "epochs"),
+    *("metadata_inputs", "metadata_dropout", "fusion_width"),
 ]
 
 
@@ -52,7 +53,7 @@ def run_study(space: SearchSpace, n: int, seed: int = 0) -> tuple[optuna.Study, 
     return study, samples
 
 
-@pytest.mark.parametrize("name", ["demo", "mtl", "single_task", "smoke"])
+@pytest.mark.parametrize("name", ["demo", "meta", "mtl", "single_task", "smoke"])
 def test_shipped_space_samples_valid_values(name: str) -> None:
     space = load_space(name, known_keys=KNOWN_KEYS)
     assert name in shipped() and space.name == name and Path(space.path).is_file()
@@ -207,7 +208,7 @@ def test_every_problem_in_a_file_is_reported_together() -> None:
 
 
 def test_unknown_shipped_name_lists_the_shipped_spaces() -> None:
-    with pytest.raises(UserError, match=r"'mlt': no such file \(shipped spaces: demo, mtl, single_task, smoke\)"):
+    with pytest.raises(UserError, match=r"'mlt': no such file \(shipped spaces: demo, meta, mtl, single_task, smoke\)"):
         load_space("mlt")
 
 
@@ -219,7 +220,7 @@ def test_exponent_without_dot_is_read_as_a_number(tmp_path: Path) -> None:
     assert (param.low, param.high) == (1e-4, 1e-2)
 
 
-@pytest.mark.parametrize("name", ["demo", "mtl", "single_task", "smoke"])
+@pytest.mark.parametrize("name", ["demo", "meta", "mtl", "single_task", "smoke"])
 def test_samples_are_valid_train_configs(name: str) -> None:
     from trainables.config import TRAIN_KEYS, parse_train_config
 
@@ -258,3 +259,16 @@ def test_single_task_space_drops_what_depends_on_a_scientific_parameter(tmp_path
     assert lr.scale_by == (("backbone", (("b", 10.0),)),) and lr.factor({"backbone": "b"}) == 10.0
     assert derived.defaults() == {"multitask": False, "backbone": "a", "lr_head": pytest.approx(1e-3)}
     assert derived.warm_start() == {"backbone": "a", "lr_head": pytest.approx(1e-3)}
+
+
+def test_meta_space_is_the_single_task_space_plus_the_metadata_branch() -> None:
+    """meta.yaml (issue 16's metadata-as-input arm): site, age and sex as inputs, no site head, the single-task
+    nuisance space plus the fusion width and the metadata dropout."""
+    meta = load_space("meta", known_keys=KNOWN_KEYS)
+    single = load_space("single_task", known_keys=KNOWN_KEYS)
+    assert set(meta.nuisance()) == set(single.nuisance()) | {"fusion_width", "metadata_dropout"}
+    assert meta.scientific() == []
+    _, samples = run_study(meta, n=8)
+    for s in [meta.defaults(), *samples]:
+        assert s["metadata_inputs"] == ["site", "age", "sex"] and s["multitask"] is False
+        assert 16 <= s["fusion_width"] <= 128 and 0.0 <= s["metadata_dropout"] <= 0.5

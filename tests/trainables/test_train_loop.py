@@ -14,8 +14,10 @@ from ray.train import RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from trainables.checkpoint import load_meta, load_train_state, unwrap
+from trainables.checkpoint import load_meta, load_train_state, load_weights, unwrap
 from trainables.config import parse_train_config
+from trainables.data.prepare import load_info
+from trainables.factory import build_parts
 from trainables.train_loop import diverged_metrics, lr_factor, setup, train_epoch
 from tuner.train_run import run_train
 
@@ -162,3 +164,30 @@ def test_lr_schedule_and_diverged_metrics_helpers():
     worst = diverged_metrics({"train/loss": math.nan, "train/loss_site": math.inf}, ["A", "B"], multitask=False)
     assert worst["train/loss"] == worst["val/loss"] == 1e6
     assert worst["val/recall/B"] == 0.0 and "val/site_acc" not in worst
+
+
+def test_metadata_model_trains_on_two_gloo_workers_and_resumes(ray_cluster, make_experiment):
+    """A network with metadata inputs (site, age, sex; blanked at training) trains with DDP on 2 workers, its
+    checkpoint holds the trained metadata branch, and a longer run resumes from it with the optimizer's state."""
+    train = {"workers_per_trial": 2, "epochs": 1, "metadata_inputs": ["site", "age", "sex"], "fusion_width": 8}
+    train["metadata_dropout"] = 0.5
+    first = run_train(make_experiment("meta", train=train), name="run")
+    assert first.error is None and first.metrics["epoch"] == 1 and first.metrics["diverged"] == 0.0
+    assert math.isfinite(first.metrics["val/lesion_bacc"]) and math.isfinite(first.metrics["val/site_acc"])
+    meta = load_meta(first.checkpoint.path)
+    cfg = parse_train_config(meta["config"])
+    assert cfg.metadata_inputs == ["site", "age", "sex"] and cfg.metadata_dropout == 0.5
+
+    torch.manual_seed(cfg.seed)  # the run's initial weights (setup seeds the same way)
+    parts = build_parts(cfg, load_info(cfg.prepared))
+    initial = {k: v.clone() for k, v in parts.model.state_dict().items()}
+    load_weights(first.checkpoint.path, parts.model)  # strict: the checkpoint is the metadata network's
+    branch = [k for k in initial if k.startswith("metadata_mlp.")]
+    assert branch and all(not torch.equal(initial[k], parts.model.state_dict()[k]) for k in branch)  # trained
+    steps = load_train_state(first.checkpoint.path)["scheduler"]["last_epoch"]
+
+    second = run_train(make_experiment("meta", train={**train, "epochs": 2}), name="run")
+    assert second.error is None and second.metrics["epoch"] == 2
+    state = load_train_state(second.checkpoint.path)
+    assert state["epoch"] == 1 and state["scheduler"]["last_epoch"] == 2 * steps
+    assert {float(s["step"]) for s in state["optimizer"]["state"].values()} == {2.0 * steps}
