@@ -121,3 +121,21 @@ def test_config_rejects_unknown_or_repeated_fields():
     with pytest.raises(UserError, match="metadata_dropout"):
         parse_train_config({"metadata_dropout": 1.5})
     assert parse_train_config({"metadata_inputs": ["sex", "site"]}).metadata_inputs == ["sex", "site"]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_two_input_network_traces_and_matches_eager(tmp_path):
+    """The export's TorchScript path: a metadata network traced with (image, raw codes) gives the eager outputs
+    to 1e-5, also for rows with missing fields (the encoding is traced, not frozen at the example's values)."""
+    torch.manual_seed(0)
+    model = build_parts(_cfg(metadata_inputs=["site", "age", "sex"]), INFO).model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    example = torch.tensor([[0.0, 35.0, 1.0], [2.0, 70.0, 0.0], [1.0, 50.0, 1.0]])
+    with torch.no_grad():
+        traced = torch.jit.trace(model, (x, example))
+    torch.jit.save(traced, tmp_path / "m.pt")
+    loaded = torch.jit.load(tmp_path / "m.pt")
+    other = torch.tensor([[-1.0, NAN, -1.0], [1.0, 20.0, -1.0], [-1.0, 85.0, 0.0]])
+    with torch.no_grad():
+        for got, want in zip(loaded(x, other), model(x, other), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
