@@ -201,7 +201,7 @@ def train_epoch(run: Run, epoch: int, on_first_step=None) -> dict:
             on_first_step()
         if run.device.type == "cuda" and run.cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        inputs = (images,)
+        inputs: tuple[torch.Tensor, ...] = (images,)
         if blanking is not None and meta:  # each field set missing with probability metadata_dropout
             inputs = (images, blank_metadata(meta[0], fields, run.cfg.metadata_dropout, blanking))
         with run.autocast() if run.autocast else contextlib.nullcontext():
