@@ -1,4 +1,4 @@
-"""YAML search spaces (mtl, single_task, demo, smoke) and their loader; see :mod:`search_spaces.space`."""
+"""YAML search spaces (mtl, single_task, meta, demo, smoke) and their loader; see :mod:`search_spaces.space`."""
 
 from search_spaces.space import (
     DefineByRun,
