@@ -15,7 +15,10 @@ ends; ``--resume`` continues the first unfinished one (a search with a results t
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import time
 from pathlib import Path
 
@@ -26,7 +29,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from trainables import storage
 from trainables.errors import UserError
-from tuner.config import ExperimentConfig
+from tuner.config import ExperimentConfig, TuneSection
 from tuner.layout import (
     DRIVER_CPU,
     MTL,
