@@ -63,14 +63,29 @@ RESTART_TAGS = ("config/text_summary",)
 def drop_stale_events(logdir: str | None, next_epoch: int, steps_per_epoch: int, writer=None) -> int:
     """Remove from ``logdir``'s event files what an earlier, interrupted start of this run logged for the epochs
     a restart trains again (``next_epoch`` on, 0-based: the epoch after the restored checkpoint, 0 without one),
-    so that after a killed worker or driver every step appears once in TensorBoard. Returns the events dropped.
+    so that after a killed worker, driver or node every step appears once in TensorBoard. Returns the events
+    dropped.
 
     Only our own tags are dropped (Tune's ``ray/tune/*`` events in the same folder are left alone); the file of
     ``writer`` (the restart's own) is skipped, and a file is rewritten (temp name, then rename) only when
-    something is dropped. Local folders only: on cloud storage stale events stay (a TensorBoard restart then
-    shows both)."""
-    if not logdir or storage.is_uri(logdir) or not Path(logdir).is_dir():
+    something is dropped. On cloud storage the folder's event files are fetched and those with stale events
+    written back whole (an object store replaces a file at once)."""
+    if not logdir:
         return 0
+    own = getattr(getattr(getattr(writer, "file_writer", None), "event_writer", None), "_file_name", None)
+    own = Path(own).name if own else None
+    if not storage.is_uri(logdir):
+        return _drop_stale(Path(logdir), next_epoch, steps_per_epoch, own)[0] if Path(logdir).is_dir() else 0
+    with tempfile.TemporaryDirectory(prefix="skintune-tb-") as tmp:
+        local = storage.download(logdir, tmp, skip=lambda rel: "/" in rel or "tfevents" not in rel)
+        dropped, changed = _drop_stale(local, next_epoch, steps_per_epoch, own)
+        for path in changed:
+            storage.write_bytes(storage.join(logdir, path.name), path.read_bytes())
+    return dropped
+
+
+def _drop_stale(logdir: Path, next_epoch: int, steps_per_epoch: int, own: str | None) -> tuple[int, list[Path]]:
+    """drop_stale_events in a local folder: (events dropped, files rewritten)."""
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.record_writer import RecordWriter
@@ -85,10 +100,9 @@ def drop_stale_events(logdir: str | None, next_epoch: int, steps_per_epoch: int,
                 return True
         return False
 
-    own = getattr(getattr(getattr(writer, "file_writer", None), "event_writer", None), "_file_name", None)
-    dropped = 0
-    for path in sorted(Path(logdir).glob("*tfevents*")):
-        if own and path.samefile(own):
+    dropped, changed = 0, []
+    for path in sorted(logdir.glob("*tfevents*")):
+        if path.name == own:
             continue
         records = list(RawEventFileLoader(str(path)).Load())
         keep = [r for r in records if not stale(event_pb2.Event.FromString(r))]
@@ -101,7 +115,8 @@ def drop_stale_events(logdir: str | None, next_epoch: int, steps_per_epoch: int,
                 out.write(record)
         os.replace(tmp, path)
         dropped += len(records) - len(keep)
-    return dropped
+        changed.append(path)
+    return dropped, changed
 
 
 def confusion_figure(cm: np.ndarray, classes: list[str], title: str):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from trainables.tensorboard import drop_stale_events, log_config
+from trainables.tensorboard import drop_stale_events, log_config, open_writer
 
 STEPS = 4  # optimizer steps per epoch
 
@@ -60,7 +60,21 @@ def test_restart_drops_what_the_killed_start_logged_after_its_checkpoint(tmp_pat
     assert not list(tmp_path.glob(".skintune-*"))
 
 
-def test_nothing_to_do_without_a_local_folder(tmp_path):
+def test_on_cloud_storage_the_stale_events_are_dropped_too(tmp_path):
+    # a URI (file:// here; the same code as s3://): the rank-0 worker's events are uploaded, not written in place
+    uri = f"file://{tmp_path}/tb"
+    first = open_writer(uri, 0)
+    _log_epochs(first, range(0, 2), partial_steps=3)  # uploaded at flush; killed in epoch 3
+    second = open_writer(uri, 0)
+    log_config(second, {"lr": 0.1}, "none")
+    assert drop_stale_events(uri, 1, STEPS, second) == STEPS + STEPS + 1 + 3
+    _log_epochs(second, range(1, 3))
+    second.close()
+    assert _steps(tmp_path / "tb", "train/loss") == list(range(3 * STEPS))
+    assert _steps(tmp_path / "tb", "val/lesion_bacc") == [1, 2, 3]
+
+
+def test_nothing_to_do_without_a_folder(tmp_path):
     assert drop_stale_events(None, 0, STEPS) == 0
     assert drop_stale_events(str(tmp_path / "missing"), 0, STEPS) == 0
-    assert drop_stale_events("s3://bucket/tb", 0, STEPS) == 0
+    assert drop_stale_events(f"file://{tmp_path}/missing", 0, STEPS) == 0
