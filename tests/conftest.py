@@ -3,6 +3,7 @@ shared by the slower tests."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -68,13 +69,82 @@ def sigkill_when_fixture():
     return sigkill_when
 
 
-class LocalHead:
-    """A real one-node Ray cluster started with ``ray start --head --block`` on loopback: its own temp dir, free
-    ports and its own auth token file; :meth:`stop` ends exactly this cluster (the blocking ``ray start`` shuts
-    its processes down on SIGTERM), never anyone else's."""
+def _ray_cli() -> str:
+    return str(Path(sys.executable).with_name("ray"))
 
-    def __init__(self, num_cpus: int = 3):
-        self.temp = tempfile.mkdtemp(prefix="st-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
+
+def descendants(pid: int) -> list[int]:
+    """The ids of every live process below ``pid`` (read from /proc: children, their children...)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+OWN_TMPDIR = "<own>"  # as a node's TMPDIR: a folder in its own Ray temp dir (see _RayNode._start)
+
+
+class _RayNode:
+    """One node started with ``ray start --block`` on loopback: its own temp dir (short: Ray's socket paths have a
+    length limit), free ports, log file; :meth:`stop` ends exactly this node (the blocking ``ray start`` shuts its
+    processes down on SIGTERM), never anyone else's."""
+
+    def _start(self, cmd: list[str], env: dict, cwd: str | None, new_session: bool) -> None:
+        if env.get("TMPDIR") == OWN_TMPDIR:  # the node's other temp files go below its Ray temp dir too
+            env["TMPDIR"] = str(Path(self.temp, "tmp"))
+            Path(env["TMPDIR"]).mkdir()
+        self.log = open(Path(self.temp, "ray-start.log"), "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, env=env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=new_session
+        )
+
+    def _failed(self) -> RuntimeError:
+        return RuntimeError(f"ray start failed, see {self.log.name}: {Path(self.log.name).read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole node at once, as a machine that dies: ``ray start`` (its own session), its raylet and
+        every worker and agent below it, none of them told first."""
+        pids = [self.proc.pid, *descendants(self.proc.pid)]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # (again, if it was already asked: nothing changes)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+class LocalHead(_RayNode):
+    """A real Ray head started with ``ray start --head --block`` on loopback, with its own auth token file (see
+    _RayNode). ``env``: more environment for its processes; ``cwd``: where it runs."""
+
+    def __init__(
+        self,
+        num_cpus: int = 3,
+        env: dict | None = None,
+        cwd: str | None = None,
+        node_name: str | None = None,
+        new_session: bool = False,
+    ):
+        self.temp = tempfile.mkdtemp(prefix="st-ray-", dir="/tmp")
         self.token_path = Path(self.temp, "auth_token")
         self.token_path.write_text(secrets.token_hex(32))
         self.token_path.chmod(0o600)
@@ -89,7 +159,7 @@ class LocalHead:
             "--runtime-env-agent-port": free_port(),
             "--metrics-export-port": free_port(),
         }
-        cmd = [str(Path(sys.executable).with_name("ray")), "start", "--head", "--block", "--disable-usage-stats"]
+        cmd = [_ray_cli(), "start", "--head", "--block", "--disable-usage-stats"]
         cmd += [f"{k}={v}" for k, v in ports.items()]
         cmd += [
             "--node-ip-address=127.0.0.1",
@@ -98,18 +168,18 @@ class LocalHead:
             f"--num-cpus={num_cpus}",
             f"--temp-dir={self.temp}",
         ]
-        self.log = open(Path(self.temp, "ray-start.log"), "w")  # noqa: SIM115 - closed in stop()
-        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
+        cmd += [f"--node-name={node_name}"] if node_name else []
+        env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(self.token_path)}
         # a job's entrypoint runs `python` from the head's PATH: this environment's, as on a real head node
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.pop("RAY_AUTH_TOKEN", None)
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self._start(cmd, env, cwd, new_session)
 
     def wait(self, timeout: float = 120.0) -> None:
         deadline = time.time() + timeout
         while not Path(self.temp, "ray_current_cluster").exists() or not self._dashboard_up():
             if self.proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"ray start failed, see {self.log.name}: {Path(self.log.name).read_text()[-2000:]}")
+                raise self._failed()
             time.sleep(0.5)
 
     def _dashboard_up(self) -> bool:
@@ -121,14 +191,124 @@ class LocalHead:
             return False
         return True
 
-    def stop(self) -> None:
-        self.proc.terminate()
+
+class LocalWorker(_RayNode):
+    """A worker node joined to ``head`` with ``ray start --address=HEAD --block``: its own name, CPUs, temp dir
+    (Ray allows one per node: a machine's own /tmp), ports and environment, in its own session, so that
+    :meth:`kill` takes the node down like a machine that fails."""
+
+    def __init__(self, head: LocalHead, name: str, num_cpus: int, env: dict | None = None, cwd: str | None = None):
+        self.name = name
+        self.temp = tempfile.mkdtemp(prefix=f"st-{name}-", dir="/tmp")
+        ports = {
+            "--node-manager-port": free_port(),
+            "--object-manager-port": free_port(),
+            "--dashboard-agent-listen-port": free_port(),
+            "--dashboard-agent-grpc-port": free_port(),
+            "--runtime-env-agent-port": free_port(),
+            "--metrics-export-port": free_port(),
+        }
+        cmd = [_ray_cli(), "start", f"--address={head.gcs}", "--block", "--disable-usage-stats"]
+        cmd += [f"{k}={v}" for k, v in ports.items()]
+        cmd += [
+            "--node-ip-address=127.0.0.1",
+            f"--node-name={name}",
+            f"--num-cpus={num_cpus}",
+            f"--temp-dir={self.temp}",
+        ]
+        env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(head.token_path)}
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env.pop("RAY_AUTH_TOKEN", None)
+        self._start(cmd, env, cwd, new_session=True)
+
+
+_RUNNING: dict[str, bool] = {}  # the session head or a multi-node cluster, whichever runs now
+
+
+def _only_cluster(kind: str) -> None:
+    """Two Ray clusters on one machine confuse each other (Ray's helper actors, e.g. Train's placement-group
+    cleaner, find "the" cluster of this machine): refuse to start a second one."""
+    other = next((k for k in _RUNNING if k != kind), None)
+    if other is not None:
+        raise RuntimeError(f"cannot start the {kind} while the {other} runs (see pytest_collection_modifyitems)")
+    _RUNNING[kind] = True
+
+
+@pytest.hookimpl(trylast=True)  # after any plugin that reorders
+def pytest_collection_modifyitems(items):
+    """Tests on the multi-node cluster (fixture ``ray_nodes``, module-scoped) run first, before any test has
+    started the session head (``ray_head``: started on first use, stopped only when the session ends). Their
+    module's cluster is stopped when its last test ends, so the two never run at once (see _only_cluster)."""
+    first = [item for item in items if "ray_nodes" in getattr(item, "fixturenames", ())]
+    if first:
+        chosen = {id(item) for item in first}
+        items[:] = first + [item for item in items if id(item) not in chosen]
+
+
+class LocalCluster:
+    """A head and worker nodes on this machine, each a ``ray start --block`` of its own, as separate machines run
+    them. Each node has its own folders under ``base/<name>/``: ``home`` (its HOME), ``cache`` (its
+    SKINTUNE_CACHE), ``cwd`` (where its ``ray start`` runs), and a TMPDIR in its own Ray temp dir. On one machine
+    these stand in for each machine's own disk: the node-local cache (trainables/storage.py) is per machine, and
+    the nodes of a real cluster never share it; here, without its own SKINTUNE_CACHE, every node would use the
+    same ~/.cache/skintune. ``env``: per node, more environment (e.g. its S3 endpoint)."""
+
+    def __init__(self, base: Path, head_cpus: int, workers: dict[str, int], env: dict[str, dict]):
+        _only_cluster("multi-node cluster")
+        self.base = base
         try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-        shutil.rmtree(self.temp, ignore_errors=True)
+            self.head = LocalHead(head_cpus, self._env("head", env), self.folder("head", "cwd"), "head", True)
+            self.head.wait()
+            self.workers = {
+                name: LocalWorker(self.head, name, cpus, self._env(name, env), self.folder(name, "cwd"))
+                for name, cpus in workers.items()
+            }
+        except BaseException:
+            self.stop()
+            raise
+
+    def _env(self, name: str, env: dict[str, dict]) -> dict:
+        for sub in ("home", "cache", "cwd"):
+            self.folder(name, sub).mkdir(parents=True)
+        home, cache = self.folder(name, "home"), self.folder(name, "cache")
+        return {"HOME": str(home), "SKINTUNE_CACHE": str(cache), "TMPDIR": OWN_TMPDIR, **env.get(name, {})}
+
+    def folder(self, node: str, kind: str) -> Path:
+        return self.base / node / kind
+
+    @property
+    def dashboard(self) -> str:
+        return self.head.dashboard
+
+    def nodes(self) -> dict[str, str]:
+        """Node name -> Ray node id of the nodes alive now (Ray's State API, through the dashboard)."""
+        from ray.util.state import list_nodes
+
+        return {n.node_name: n.node_id for n in list_nodes(address=self.dashboard) if n.state == "ALIVE"}
+
+    def wait(self, timeout: float = 180.0) -> None:
+        """Until every node has joined."""
+        deadline = time.time() + timeout
+        while set(self.nodes()) != {"head", *self.workers}:
+            for node in self.workers.values():
+                if node.proc.poll() is not None or time.time() > deadline:
+                    raise node._failed()
+            time.sleep(1)
+
+    def stop(self) -> None:
+        nodes = [n for n in [*getattr(self, "workers", {}).values(), getattr(self, "head", None)] if n is not None]
+        for node in nodes:  # all at once: each takes a while to shut down
+            if node.proc.poll() is None:
+                node.proc.terminate()
+        for node in nodes:
+            node.stop()
+        _RUNNING.pop("multi-node cluster", None)
+
+
+@pytest.fixture(scope="session")
+def local_cluster():
+    """The LocalCluster class, for a module's own multi-node cluster (test modules cannot import conftest)."""
+    return LocalCluster
 
 
 @pytest.fixture(scope="session")
@@ -139,14 +319,18 @@ def ray_head():
     # `pip install` does on the nodes), and jobs find it in their uploaded working directory.
     os.environ.pop("PYTHONPATH", None)
     os.environ["RAY_AUTH_MODE"] = "token"
-    head = LocalHead()
-    os.environ["RAY_AUTH_TOKEN_PATH"] = str(head.token_path)
-    os.environ.pop("RAY_AUTH_TOKEN", None)
+    _only_cluster("session head")
     try:
-        head.wait()
-        yield head
+        head = LocalHead()
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(head.token_path)
+        os.environ.pop("RAY_AUTH_TOKEN", None)
+        try:
+            head.wait()
+            yield head
+        finally:
+            head.stop()
     finally:
-        head.stop()
+        _RUNNING.pop("session head", None)
 
 
 @pytest.fixture(scope="session")
