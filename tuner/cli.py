@@ -326,12 +326,20 @@ def _add_tune(sub) -> None:
         epilog="examples:\n  skintune tune --config experiments/demo.yaml\n"
         "  skintune tune --config experiments/smoke.yaml --storage /tmp/results\n"
         "  skintune tune --config experiments/demo.yaml --resume      # after a crash or Ctrl-C\n"
-        "  skintune tune --config experiments/isic2019.yaml --dry-run --cluster cluster.yaml   # the plan only",
+        "  skintune tune --config experiments/isic2019.yaml --dry-run --cluster cluster.yaml   # the plan only\n\n"
+        "--resume trusts the storage: it restores Ray Tune's saved experiment state, which Ray unpickles, so\n"
+        "whoever can write to the storage can run code on the machine that resumes. Give write access to the\n"
+        "bucket (or folder) only to the principals that run skintune; bucket versioning or object lock help\n"
+        "to see and undo changes.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", required=True, type=Path, help="experiment YAML (see experiments/)")
     p.add_argument("--storage", default=None, help="results folder or URI (overrides the YAML's storage)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted experiment")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted experiment (unpickles its saved state: only from storage you trust)",
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",
