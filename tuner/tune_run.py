@@ -96,10 +96,11 @@ class ResumableASHA(ASHAScheduler):
 
     def on_trial_add(self, tune_controller, trial) -> None:
         super().on_trial_add(tune_controller, trial)
-        if trial.has_reported_at_least_once:
+        metric, sign = self._metric, self._metric_op  # set by TuneConfig(metric, mode) before any trial is added
+        if trial.has_reported_at_least_once and metric is not None and sign is not None:
             bracket = self._trial_info[trial.trial_id]
-            for step, value in _logged(trial, self._time_attr, self._metric):
-                bracket.on_result(trial, step, self._metric_op * value)
+            for step, value in _logged(trial, self._time_attr, metric):
+                bracket.on_result(trial, step, sign * value)
 
 
 def _logged(trial, time_attr: str, metric: str) -> list[tuple[float, float]]:
