@@ -308,7 +308,7 @@ def case_space_unknown_backbone_choice(c):
 def case_space_unknown_name(c):
     return _tune(c, "mlt"), [
         "search space 'mlt': no such file",
-        "shipped spaces: demo, mtl",
+        "shipped spaces: demo, meta, mtl",
         "did you mean 'mtl'?",
         "set search_space",
     ]
