@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainables import storage as storage_io  # `storage` is a field and a parameter here
 from trainables.config import TrainConfig, format_validation_error
@@ -96,9 +96,37 @@ class TrainSection(TrainConfig):
     workers_per_trial: int = Field(2, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0.0)
     use_gpu: bool | Literal["auto"] = "auto"
+    gpus_per_worker: float = Field(
+        1.0,
+        description="GPUs each Train worker holds when trials train on GPUs: a fraction in (0, 1] packs workers "
+        "onto one GPU (0.25: four share it, so four one-worker trials run on one GPU), or a whole number >= 1",
+    )
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _gpu_share(cls, value: float) -> float:
+        """Ray schedules a fraction of one GPU, or whole GPUs: 1.5 GPUs for one worker cannot be placed."""
+        if not (0.0 < value <= 1.0 or (value > 1.0 and value == int(value))) or round(value, 4) != value:
+            raise ValueError(
+                f"must be a fraction of one GPU in (0, 1] with at most 4 decimals (0.25: four workers share a GPU) "
+                f"or a whole number of GPUs (1, 2, ...); got {value!r}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_rank_per_gpu(self):
+        """NCCL refuses two DDP ranks of one run on the same GPU ("Duplicate GPU detected"), and Ray may pack a
+        trial's fractional workers onto one: fractions share a GPU between trials, each of one worker."""
+        if self.gpus_per_worker < 1.0 and self.workers_per_trial > 1 and self.use_gpu is not False:
+            raise ValueError(
+                f"gpus_per_worker {self.gpus_per_worker:g} shares a GPU between trials of one worker each; with "
+                f"workers_per_trial {self.workers_per_trial} two DDP ranks could land on one GPU (NCCL refuses "
+                "that): set workers_per_trial: 1, or gpus_per_worker: 1"
+            )
+        return self
 
     def train_config(self) -> dict:
-        return self.model_dump(exclude={"workers_per_trial", "cpus_per_worker", "use_gpu"})
+        return self.model_dump(exclude={"workers_per_trial", "cpus_per_worker", "use_gpu", "gpus_per_worker"})
 
 
 class RetrainSection(_Strict):

@@ -55,19 +55,37 @@ def run_cpus(exp: ExperimentConfig) -> float:
     return exp.train.workers_per_trial * exp.train.cpus_per_worker + DRIVER_CPU
 
 
+def worker_resources(exp: ExperimentConfig, use_gpu: bool) -> dict[str, float]:
+    """What one Ray Train worker asks for (``ScalingConfig.resources_per_worker``): ``train.cpus_per_worker``
+    CPUs, and on GPUs ``train.gpus_per_worker`` of them (a fraction packs several workers onto one GPU)."""
+    t = exp.train
+    return {"CPU": t.cpus_per_worker, **({"GPU": t.gpus_per_worker} if use_gpu else {})}
+
+
+def gpu_worker_slots(gpus: float, gpus_per_worker: float) -> int:
+    """How many workers of ``gpus_per_worker`` GPUs each ``gpus`` GPUs hold: a fraction shares one GPU
+    (floor(1 / fraction) workers on each whole GPU: 0.3 fits 3, never a worker split across two GPUs), a whole
+    number takes that many GPUs per worker."""
+    eps = 1e-9  # 0.1 + 0.2 and friends: Ray counts resources in units of 1e-4, exactly
+    if gpus_per_worker <= 1.0:
+        return math.floor(gpus + eps) * math.floor(1.0 / gpus_per_worker + eps)
+    return math.floor(gpus / gpus_per_worker + eps)
+
+
 def min_cluster_cpus(exp: ExperimentConfig) -> int:
     """The fewest CPUs a cluster needs to run one trial (or retrain run) at all."""
     return math.ceil(run_cpus(exp))
 
 
 def max_concurrent(exp: ExperimentConfig, resources: dict, use_gpu: bool) -> int:
-    """How many trials the cluster holds at once: each needs its workers plus a driver fraction."""
+    """How many trials the cluster holds at once: each needs its workers plus a driver fraction, and on GPUs
+    ``workers_per_trial`` x ``gpus_per_worker`` GPUs (so 0.25 runs four one-worker trials on each GPU)."""
     if exp.tune.max_concurrent_trials:
         return exp.tune.max_concurrent_trials
     t = exp.train
     fits = [resources.get("CPU", 1) // run_cpus(exp)]
     if use_gpu:
-        fits.append(resources.get("GPU", 0) // t.workers_per_trial)
+        fits.append(gpu_worker_slots(resources.get("GPU", 0), t.gpus_per_worker) // t.workers_per_trial)
     return max(1, int(min(fits)))
 
 

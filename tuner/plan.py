@@ -18,7 +18,7 @@ from trainables import storage
 from trainables.config import TRAIN_KEYS
 from trainables.data.adapters import check_format
 from tuner.config import ExperimentConfig
-from tuner.layout import DRIVER_CPU, min_cluster_cpus, search_concurrency, tune_dir
+from tuner.layout import DRIVER_CPU, min_cluster_cpus, search_concurrency, tune_dir, worker_resources
 
 
 def asha_rungs(max_epochs: int, grace_period: int, reduction_factor: float) -> list[int]:
@@ -103,7 +103,8 @@ def _search_rows(exp: ExperimentConfig, space: SearchSpace) -> list[str]:
 
 def _resource_rows(exp: ExperimentConfig, cluster: str | None, warnings: list[str]) -> list[str]:
     tr = exp.train
-    gpu_note = " + 1 GPU" if tr.use_gpu is True else " + 1 GPU when there are GPUs (use_gpu: auto)"
+    share = f" + {tr.gpus_per_worker:g} GPU"
+    gpu_note = share if tr.use_gpu is True else f"{share} when there are GPUs (use_gpu: auto)"
     rows = [
         f"  per trial     {_count(tr.workers_per_trial, 'DDP worker')} x ({tr.cpus_per_worker:g} CPU"
         f"{'' if tr.use_gpu is False else gpu_note}) + {DRIVER_CPU} CPU for its driver; batch {tr.batch_size} a worker"
@@ -130,7 +131,7 @@ def _resource_rows(exp: ExperimentConfig, cluster: str | None, warnings: list[st
             f"train.use_gpu is true but {where} has no GPU: trials would wait for one; plan for the cluster with "
             "--cluster FILE, or set use_gpu: auto"
         )
-    worker = {"CPU": tr.cpus_per_worker, **({"GPU": 1} if gpu else {})}
+    worker = worker_resources(exp, gpu)
     if nodes and not any(all(n["resources"].get(k, 0) >= v for k, v in worker.items()) for n in nodes):
         need = " + ".join(f"{v:g} {k}" for k, v in worker.items())
         warnings.append(

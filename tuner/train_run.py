@@ -12,6 +12,7 @@ from ray.train.torch import TorchTrainer
 from trainables import storage
 from trainables.train_loop import train_worker
 from tuner.config import ExperimentConfig
+from tuner.layout import worker_resources
 
 
 def make_trainer(
@@ -30,7 +31,7 @@ def make_trainer(
         scaling_config=ScalingConfig(
             num_workers=t.workers_per_trial,
             use_gpu=use_gpu,
-            resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+            resources_per_worker=worker_resources(exp, use_gpu),
         ),
         run_config=RunConfig(
             name=name,
