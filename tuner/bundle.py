@@ -11,7 +11,11 @@ A bundle folder holds :data:`BUNDLE_FILES`::
     MODEL_CARD.md         see tuner.model_card
 
 ``format_version`` 1 is the only version so far; bundles written before this module existed have the same
-``config.json`` and load unchanged.
+``config.json`` and load unchanged. Fields added since (``metadata_inputs``, ``fusion_width``, ``metadata_sites``,
+``inputs``) have defaults that describe an image-only model, so older bundles still load as what they are.
+
+A model with metadata inputs (``train.metadata_inputs``: site, age, sex) takes two inputs, the image and a
+``(batch, 3)`` float tensor of raw codes (:mod:`trainables.metadata`); its TorchScript file is traced with both.
 """
 
 from __future__ import annotations
@@ -36,6 +40,12 @@ PREPROCESSING = (
     "upright RGB; shorter side -> resize_size (bicubic); JPEG at jpeg_quality (as prepare); shorter side -> "
     "image_size (bilinear, antialias); center crop image_size; /255; (x - mean) / std"
 )
+INPUTS_IMAGE = "image [B, 3, image_size, image_size] (float, preprocessed as `preprocessing`)"
+INPUTS_METADATA = (
+    "(image [B, 3, image_size, image_size], meta [B, 3] float raw codes: site index into metadata_sites "
+    "(-1 = missing), age in years (NaN = missing), sex index 0 female / 1 male (-1 = missing)); fields not in "
+    "metadata_inputs are ignored"
+)
 OUTPUTS = "(lesion_logits [B, num_lesion_classes], site_logits [B, num_site_classes]); softmax each"
 
 
@@ -58,7 +68,15 @@ class BundleConfig(BaseModel):
     mean: list[float]
     std: list[float]
     preprocessing: str = PREPROCESSING
+    inputs: str = INPUTS_IMAGE
     outputs: str = OUTPUTS
+    metadata_inputs: list[Literal["site", "age", "sex"]] = Field(
+        default_factory=list, description="patient metadata the network takes besides the image; empty: image only"
+    )
+    fusion_width: int = Field(64, ge=1, description="width of the metadata MLP (with metadata_inputs)")
+    metadata_sites: list[str] = Field(
+        default_factory=list, description="the site input's vocabulary (one-hot index order); empty without it"
+    )
     weights_source: str | None = None
     dataset_fingerprint: str | None = None
     train_config: dict[str, Any] = Field(default_factory=dict, description="the TrainConfig of the exported run")
@@ -71,12 +89,21 @@ class BundleConfig(BaseModel):
     def _resize_defaults_to_image_size(self):
         if self.resize_size is None:
             self.resize_size = self.image_size
+        if "site" in self.metadata_inputs and not self.metadata_sites:
+            raise ValueError("metadata_inputs has site but metadata_sites (the site vocabulary) is empty")
         return self
 
     def train_config_of_network(self) -> TrainConfig:
         """The config that :func:`trainables.factory.build_parts` rebuilds this bundle's network from."""
         network = {"backbone": self.backbone, "dropout": self.dropout, "multitask": self.multitask}
+        if self.metadata_inputs:
+            network.update(metadata_inputs=list(self.metadata_inputs), fusion_width=self.fusion_width)
         return parse_train_config({**network, "image_size": self.image_size, "pretrained": False}, source=CONFIG)
+
+    def dataset_info(self, labels: BundleLabels) -> dict:
+        """The class lists :func:`trainables.factory.build_parts` rebuilds the network from: the site list is the
+        site head's, or (a single-task model with the site as an input) the site input's vocabulary."""
+        return {"lesion_classes": labels.lesion, "site_classes": labels.site or self.metadata_sites}
 
 
 class BundleLabels(BaseModel):

@@ -206,9 +206,17 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from tuner.predict import run_predict
+    from tuner.predict import MetadataSource, run_predict
 
-    run_predict(args.model, args.images, output=args.output, backend=args.backend, batch_size=args.batch_size)
+    metadata = MetadataSource(csv=args.metadata, site=args.site, age=args.age, sex=args.sex)
+    run_predict(
+        args.model,
+        args.images,
+        output=args.output,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        metadata=metadata,
+    )
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -436,9 +444,17 @@ def _add_predict(sub) -> None:
         help="classify images with an exported bundle: lesion and body-site probabilities",
         description="Print (or write as CSV/JSON) each image's lesion and site probabilities and top classes, "
         "with the same preprocessing as validation. Loads model.safetensors (default) or the TorchScript file; "
-        "never unpickles.",
+        "never unpickles. A model exported with metadata inputs (config.json metadata_inputs: site, age, sex) "
+        "also takes them, from --metadata FILE.csv or from --site/--age/--sex; a field not given is missing for "
+        "that image, predict says so, and the model takes its missing-value path (as trained with "
+        "metadata_dropout). An image-only model ignores metadata, with a warning.",
         epilog="examples:\n  skintune predict --model results/demo/export data/synth-demo/ISIC_2019_Training_Input/"
-        "ISIC_9000001.jpg\n  skintune predict --model bundle/ photos/*.jpg --output predictions.csv",
+        "ISIC_9000001.jpg\n  skintune predict --model bundle/ photos/*.jpg --output predictions.csv\n"
+        "  skintune predict --model meta-bundle/ photos/*.jpg --metadata patients.csv   # image,site,age,sex\n"
+        "  skintune predict --model meta-bundle/ lesion.jpg --site 'head/neck' --age 62 --sex male\n\n"
+        "metadata CSV: a header line with 'image' (the image's file name, with or without its suffix) and any of\n"
+        "'site' (one of the model's sites, config.json metadata_sites), 'age' (years, 0-120) and 'sex'\n"
+        "(female/male, f/m, any case); an empty cell or 'unknown' is missing. Every image needs a row.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--model", required=True, type=Path, help="folder written by `skintune export`")
@@ -446,6 +462,13 @@ def _add_predict(sub) -> None:
     p.add_argument("--output", type=Path, default=None, help="write FILE.csv or FILE.json instead of printing")
     p.add_argument("--backend", choices=["safetensors", "torchscript"], default="safetensors")
     p.add_argument("--batch-size", type=int, default=16)
+    meta = p.add_argument_group("metadata inputs (models exported with metadata_inputs)")
+    meta.add_argument(
+        "--metadata", type=Path, default=None, metavar="FILE.csv", help="per-image metadata: image, site, age, sex"
+    )
+    meta.add_argument("--site", default=None, metavar="NAME", help="body site of every image (a model site name)")
+    meta.add_argument("--age", default=None, metavar="YEARS", help="patient age in years, for every image")
+    meta.add_argument("--sex", default=None, metavar="female|male", help="patient sex, for every image")
     p.set_defaults(handler=_cmd_predict)
 
 

@@ -10,8 +10,10 @@ with the best validation objective (``tune.metric`` / ``tune.mode`` of ``experim
 ``<storage>/<name>/export``) the files of :mod:`tuner.bundle`, the bundle's contract::
 
     model.safetensors     the weights (no pickle)
-    model.torchscript.pt  the same network traced on CPU in eval mode (verified against eager at export time)
-    config.json           architecture, image size, preprocessing, normalisation, provenance (BundleConfig)
+    model.torchscript.pt  the same network traced on CPU in eval mode (verified against eager at export time);
+                          a model with metadata inputs is traced with two inputs, (image, meta raw codes)
+    config.json           architecture, image size, preprocessing, normalisation, metadata inputs, provenance
+                          (BundleConfig)
     labels.json           {"lesion": [...], "site": [...]}, index order of the heads (BundleLabels)
     metrics.json          the chosen seed's val/test metrics, test mean ± sd over seeds, 95 % bootstrap CIs
                           over test images, per-site accuracies, report/ci.json when compare wrote one
@@ -45,8 +47,20 @@ from trainables.checkpoint import load_meta, load_weights
 from trainables.config import TrainConfig, parse_train_config
 from trainables.errors import UserError
 from trainables.factory import build_parts
+from trainables.metadata import RAW_FIELDS
 from trainables.model import MultiTaskNet
-from tuner.bundle import CARD, CONFIG, LABELS, METRICS, TORCHSCRIPT, WEIGHTS, BundleConfig, BundleLabels, is_bundle
+from tuner.bundle import (
+    CARD,
+    CONFIG,
+    INPUTS_METADATA,
+    LABELS,
+    METRICS,
+    TORCHSCRIPT,
+    WEIGHTS,
+    BundleConfig,
+    BundleLabels,
+    is_bundle,
+)
 from tuner.config import ExperimentConfig, TuneSection, load_experiment
 from tuner.export_metrics import build_metrics
 from tuner.model_card import render_model_card
@@ -126,17 +140,35 @@ def choose_seed(runs: dict[int, dict], metric: str, mode: str, seed: int | None)
 
 
 def trace_to(model: MultiTaskNet, image_size: int, path: Path) -> None:
-    """Trace ``model`` on CPU in eval mode, save it, reload it and check it against eager."""
+    """Trace ``model`` on CPU in eval mode, save it, reload it and check it against eager.
+
+    A model with metadata inputs is traced with two inputs, ``(image, meta)`` (raw codes, :mod:`trainables.metadata`),
+    and checked on examples with every field present, every field missing and a mix, so that the missing-value path
+    is part of what is verified."""
     model = model.cpu().eval()
-    example = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    example = torch.randn(2, 3, image_size, image_size, generator=gen)
+    inputs: tuple[torch.Tensor, ...] = (example,)
+    checks: list[tuple[torch.Tensor, ...]] = [(example,)]
+    if model.metadata_inputs:
+        sites = max(model.num_sites, 1)
+        present = torch.tensor([[0.0, 35.0, 1.0], [float(sites - 1), 70.0, 0.0]])
+        nan = float("nan")
+        mixed = torch.tensor([[-1.0, 52.0, -1.0], [float(sites - 1), nan, 1.0]])
+        missing = torch.tensor([[-1.0, nan, -1.0]] * 2)
+        assert present.shape[1] == len(RAW_FIELDS)
+        inputs = (example, present)
+        checks = [(example, present), (example, mixed), (example, missing)]
     with warnings.catch_warnings(), torch.no_grad():
         warnings.filterwarnings("ignore", message=r"`torch\.jit", category=FutureWarning)
-        torch.jit.save(torch.jit.trace(model, example, check_trace=False, _store_inputs=False), str(path))
+        torch.jit.save(torch.jit.trace(model, inputs, check_trace=False, _store_inputs=False), str(path))
         reloaded = torch.jit.load(str(path), map_location="cpu")
-        eager, traced = model(example), reloaded(example)
-    diff = float((eager[0] - traced[0]).abs().max())
-    if eager[1] is not None:
-        diff = max(diff, float((eager[1] - traced[1]).abs().max()))
+        diff = 0.0
+        for args in checks:
+            eager, traced = model(*args), reloaded(*args)
+            diff = max(diff, float((eager[0] - traced[0]).abs().max()))
+            if eager[1] is not None:
+                diff = max(diff, float((eager[1] - traced[1]).abs().max()))
     if not diff <= TRACE_TOLERANCE:
         raise RuntimeError(f"traced model differs from eager by {diff:.2e} (> {TRACE_TOLERANCE}); not exported")
 
@@ -166,8 +198,21 @@ def _load_model(ckpt: Path, meta: dict, cfg: TrainConfig, info: dict | None) -> 
         dataset_fingerprint=meta.get("dataset_fingerprint"),
         train_config=cfg.model_dump(),
         torch_version=torch.__version__,
+        **_metadata_fields(parts.metadata_inputs, cfg.fusion_width, meta["site_classes"]),
     )
     return parts.model.eval(), config
+
+
+def _metadata_fields(inputs: tuple[str, ...], fusion_width: int, site_classes: list[str]) -> dict:
+    """The bundle's metadata-input fields; none (the image-only defaults) for an image-only network."""
+    if not inputs:
+        return {}
+    return {
+        "inputs": INPUTS_METADATA,
+        "metadata_inputs": list(inputs),
+        "fusion_width": fusion_width,
+        "metadata_sites": list(site_classes) if "site" in inputs else [],
+    }
 
 
 def _dataset_info(exp_dir: Path, experiment: ExperimentConfig | None, cfg: TrainConfig) -> dict | None:

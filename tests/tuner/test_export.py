@@ -48,8 +48,9 @@ def _predictions(rng: np.random.Generator, n: int = 40) -> pd.DataFrame:
     )
 
 
-def make_layout(base: Path, seeds=(0, 1), ci: bool = True) -> Path:
-    """``<base>/results/demo`` as `skintune retrain` leaves it; returns the experiment folder."""
+def make_layout(base: Path, seeds=(0, 1), ci: bool = True, metadata_inputs=(), multitask: bool = True) -> Path:
+    """``<base>/results/demo`` as `skintune retrain` leaves it; returns the experiment folder. ``metadata_inputs``
+    (with a fusion width of 8) and ``multitask`` are the retrained network's."""
     exp = base / "results" / "demo"
     prepared = exp / "prepared"
     prepared.mkdir(parents=True)
@@ -83,18 +84,27 @@ def make_layout(base: Path, seeds=(0, 1), ci: bool = True) -> Path:
     for seed in seeds:
         torch.manual_seed(seed)
         model = build_model(
-            "test_efficientnet", pretrained=False, num_lesion_classes=3, num_site_classes=2, dropout=0.1
+            "test_efficientnet",
+            pretrained=False,
+            num_lesion_classes=3,
+            num_site_classes=2 if multitask else 0,
+            dropout=0.1,
+            metadata_inputs=metadata_inputs,
+            num_sites=len(SITE),
+            fusion_width=8,
         )
         seed_dir = exp / "retrain" / "mtl" / f"seed_{seed}"
         cfg = {
             "backbone": "test_efficientnet",
             "dropout": 0.1,
-            "multitask": True,
+            "multitask": multitask,
             "image_size": None,
             "prepared": str(prepared),
             "pretrained": False,
             "seed": seed,
         }
+        if metadata_inputs:
+            cfg.update(metadata_inputs=list(metadata_inputs), fusion_width=8)
         meta = {
             "config": cfg,
             "lesion_classes": LESION,
@@ -361,7 +371,8 @@ def test_bundles_written_before_the_typed_config_still_load(exported, tmp_path):
     the same; so does one without resize_size / jpeg_quality, which predict has always defaulted."""
     _, out, images = exported
     current = predict_images(load_bundle(out), images)
-    for name, drop in (("old", ()), ("older", ("resize_size", "jpeg_quality"))):
+    new_fields = ("inputs", "metadata_inputs", "fusion_width", "metadata_sites")  # since metadata inputs
+    for name, drop in (("old", new_fields), ("older", ("resize_size", "jpeg_quality", *new_fields))):
         old = tmp_path / name
         old.mkdir()
         for f in out.iterdir():
@@ -371,6 +382,7 @@ def test_bundles_written_before_the_typed_config_still_load(exported, tmp_path):
         (old / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k not in drop}))
         bundle = load_bundle(old)
         assert bundle.config.resize_size == SIZE and bundle.config.jpeg_quality == 90
+        assert bundle.metadata_inputs == () and bundle.config.metadata_sites == []  # image only, as they were
         assert predict_images(bundle, images) == current
 
 
