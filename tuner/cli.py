@@ -28,6 +28,7 @@ the pipeline (each step resumes and skips finished work):
   skintune compare --experiment demo --storage results
   skintune export --experiment demo --storage results
   skintune predict --model results/demo/export image.jpg
+  skintune evaluate --model results/demo/export --format ham10000 --root /data/HAM10000 --out eval-ham
   skintune tensorboard --experiment demo --storage results
 
 on a Ray cluster (see docs/cluster.md):
@@ -216,6 +217,25 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         backend=args.backend,
         batch_size=args.batch_size,
         metadata=metadata,
+    )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from tuner.evaluate_cmd import run_evaluate
+
+    run_evaluate(
+        args.model,
+        args.format,
+        args.root,
+        args.out,
+        options=dict(args.option or []),
+        split=args.split,
+        tta=args.tta,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        n_boot=args.n_boot,
+        workers=args.workers,
+        skip_bad=args.skip_bad,
     )
 
 
@@ -472,6 +492,45 @@ def _add_predict(sub) -> None:
     p.set_defaults(handler=_cmd_predict)
 
 
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="run an exported model over another dataset: metrics with CIs, ISIC-format predictions.csv",
+        description="External validation: prepare any dataset that `skintune prepare` reads (into a cache, "
+        "$SKINTUNE_CACHE/evaluate/, at the model's image size), map its label vocabulary onto the model's "
+        "(HAM10000, PAD-UFES-20, ISIC 2020... through the ISIC 2019 names; classes that do not map are listed and "
+        "left out, never merged), run the model (optionally with test-time augmentation) and write to --out: "
+        "predictions.csv in the ISIC challenge submission layout, metrics.json (balanced accuracy as the ISIC "
+        "challenge scores that file, macro AUC, accuracy, per-class recall and the site head's accuracy, each "
+        "with a lesion-grouped bootstrap CI), confusion_matrix.png and evaluate.md.",
+        epilog="examples:\n  skintune evaluate --model results/demo/export --format ham10000 --root /data/HAM10000 "
+        "--out eval-ham\n  skintune evaluate --model bundle/ --format pad_ufes20 --root /data/pad --tta 8 "
+        "--out eval-pad\n  skintune evaluate --model bundle/ --format isic2019 --root data/synth-b "
+        "--split test --out eval-b",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, type=Path, help="folder written by `skintune export`")
+    p.add_argument("--format", required=True, help="dataset format, as for `skintune prepare`")
+    p.add_argument("--root", required=True, type=Path, help="the unpacked release folder")
+    p.add_argument("--out", required=True, type=Path, help="folder for predictions.csv, metrics.json, the PNG, .md")
+    p.add_argument(
+        "--option", action="append", type=_parse_option, metavar="KEY=VALUE", help="adapter option, repeatable"
+    )
+    p.add_argument(
+        "--split",
+        choices=["all", "train", "val", "test"],
+        default="all",
+        help="all images (default), or that part of prepare's default split (seed 0, 15 %% val, 15 %% test)",
+    )
+    p.add_argument("--tta", type=int, default=1, metavar="N", help="test-time views, 1 (off, default) to 8")
+    p.add_argument("--backend", choices=["safetensors", "torchscript"], default="safetensors")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    p.add_argument("--workers", type=int, default=None, help="prepare's processes (default: all cores)")
+    p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out instead of failing")
+    p.set_defaults(handler=_cmd_evaluate)
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser(
         "demo",
@@ -514,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_compare,
         _add_export,
         _add_predict,
+        _add_evaluate,
         _add_demo,
         _add_tensorboard,
         add_check_cluster,
