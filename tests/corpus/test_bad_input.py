@@ -345,6 +345,75 @@ def case_export_before_retrain(c):
     return argv, [*expected, f"--experiment corpus --storage {c.storage}"]
 
 
+# predict with metadata inputs --------------------------------------------------------------------------------------
+def _meta_bundle(c) -> tuple[str, list[str]]:
+    """A bundle of a tiny network with site, age and sex as inputs (as `skintune export` writes it, minus the
+    TorchScript file, metrics and card, which predict's default backend does not read) and two release images."""
+    from safetensors.torch import save_model
+
+    from trainables.model import build_model
+    from tuner.bundle import BundleConfig
+
+    c.isic2019()
+    sites = ["anterior torso", "head/neck"]
+    model = build_model("test_efficientnet", False, 2, 2, 0.1, metadata_inputs=("site", "age", "sex"), num_sites=2)
+    folder = c.tmp / "bundle"
+    folder.mkdir()
+    save_model(model, str(folder / "model.safetensors"))
+    fields = {"metadata_inputs": ["site", "age", "sex"], "fusion_width": 64, "metadata_sites": sites}
+    config = BundleConfig(
+        backbone="test_efficientnet", multitask=True, num_lesion_classes=2, num_site_classes=2, dropout=0.1,
+        image_size=16, mean=[0.5] * 3, std=[0.5] * 3, **fields,
+    )  # fmt: skip
+    (folder / "config.json").write_text(config.model_dump_json())
+    (folder / "labels.json").write_text(json.dumps({"lesion": ["MEL", "NV"], "site": sites}))
+    return str(folder), [str(c.image_path(image)) for image in c.ids(2)]
+
+
+def _predict_meta(c, csv_text: str | None = None, *flags: str) -> list[str]:
+    model, images = _meta_bundle(c)
+    argv = ["predict", "--model", model, *images, *flags]
+    if csv_text is not None:
+        (c.tmp / "patients.csv").write_text(csv_text)
+        argv += ["--metadata", str(c.tmp / "patients.csv")]
+    return argv
+
+
+@bad
+def case_predict_metadata_negative_age(c):
+    argv = _predict_meta(c, "image,site,age,sex\nISIC_0000000.jpg,head/neck,-3,male\nISIC_0000001,,40,\n")
+    return argv, ["patients.csv line 2 column 'age'", "(image 'ISIC_0000000.jpg')", "age '-3' is out of range"]
+
+
+@bad
+def case_predict_metadata_age_300_flag(c):
+    return _predict_meta(c, None, "--age", "300"), ["--age '300'", "out of range (0 to 120 years)", "leave out --age"]
+
+
+@bad
+def case_predict_metadata_unknown_sex(c):
+    argv = _predict_meta(c, "image,sex\nISIC_0000000,female\nISIC_0000001,divers\n")
+    return argv, ["patients.csv line 3 column 'sex'", "unknown sex value 'divers'", "'female', 'male'"]
+
+
+@bad
+def case_predict_metadata_unknown_site(c):
+    argv = _predict_meta(c, None, "--site", "torso")
+    return argv, ["--site 'torso': unknown value 'torso'", "allowed: 'anterior torso', 'head/neck'"]
+
+
+@bad
+def case_predict_metadata_no_image_column(c):
+    argv = _predict_meta(c, "file,age\nISIC_0000000.jpg,40\n")
+    return argv, ["patients.csv: missing column(s) 'image'", "the header has 'file', 'age'", "'image' column"]
+
+
+@bad
+def case_predict_metadata_image_not_in_csv(c):
+    argv = _predict_meta(c, "image,age\nISIC_0000000.jpg,40\n")
+    return argv, ["patients.csv column 'image': no row for image 'ISIC_0000001.jpg'", "add a line 'ISIC_0000001.jpg"]
+
+
 # the tests --------------------------------------------------------------------------------------------------------
 def error_line(capsys, argv: list[str]) -> str:
     """Run the CLI in-process; it must exit 2 with one ``skintune: error:`` line, the last on stderr."""
