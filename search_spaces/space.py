@@ -24,12 +24,13 @@ Format (keys of ``params`` are training-config keys, sampled in file order)::
 
 Every problem is collected and raised together as one :class:`SearchSpaceError` (a ``UserError``).
 ``load_space("mtl")`` loads a shipped space; ``define_by_run(space)`` gives ``OptunaSearch(space=...)``;
-``space.single_task()`` is the space of an experiment's tuned single-task baseline (``compare: {baseline: tuned}``).
+``space.single_task()`` is the space of an experiment's tuned single-task baseline (``compare: {baseline: tuned}``),
+``space.derive(arm, ...)`` that of any other tuned arm (site as a target, metadata as an input, both or neither).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from search_spaces.validate import StrictLoader, check_file, hint, yaml_problem
 from trainables.errors import UserError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+METADATA_PARAMS = ("metadata_inputs", "fusion_width", "metadata_dropout")  # the metadata branch's settings
 
 
 class SearchSpaceError(UserError):
@@ -84,20 +86,52 @@ class SearchSpace:
         parameters over the same ranges: every ``scientific`` parameter removed, with every parameter whose
         ``when`` names a removed one (and ``scale_by`` entries naming one: factor 1), and ``multitask`` fixed to
         false (in its place, or first when this space does not set it)."""
-        single = Param(name="multitask", type="fixed", role="fixed", value=False)
+        return self.derive("single_task", multitask=False)
+
+    def derive(
+        self,
+        arm: str,
+        *,
+        multitask: bool,
+        metadata: Sequence[str] = (),
+        metadata_params: Iterable[Param] = (),
+        pin_metadata: bool = False,
+    ) -> SearchSpace:
+        """The space of another arm of a comparison, derived from this one so that every arm tunes the same
+        nuisance parameters over the same ranges (named ``<this space>:<arm>``).
+
+        - ``multitask`` false: every ``scientific`` parameter (the site task's) removed, with every parameter whose
+          ``when`` names a removed one (and ``scale_by`` entries naming one: factor 1); ``multitask`` fixed to false
+          (in its place, or first). ``multitask`` true keeps the scientific parameters and fixes ``multitask``.
+        - the metadata branch's parameters (``metadata_inputs``, ``fusion_width``, ``metadata_dropout``) are
+          removed; with ``metadata`` the arm gets ``metadata_inputs`` fixed to it (after ``multitask``) and each of
+          ``metadata_params`` this space does not define (the branch's nuisance parameters, from meta.yaml) after
+          it, or this space's own. Without ``metadata``, ``metadata_inputs`` is fixed to ``[]`` when this space set
+          it (or ``pin_metadata``: the experiment's train section does), so the arm is image only."""
+        task = Param(name="multitask", type="fixed", role="fixed", value=multitask)
+        own = {p.name: p for p in self.params}
         removed: set[str] = set()
         params: list[Param] = []
         for p in self.params:
             if p.name == "multitask":
-                params.append(single)
-            elif p.role == "scientific" or any(c in removed for c, _ in p.when):
+                params.append(task)
+            elif p.name in METADATA_PARAMS:
+                continue
+            elif (not multitask and p.role == "scientific") or any(c in removed for c, _ in p.when):
                 removed.add(p.name)
             else:
                 scale_by = tuple(s for s in p.scale_by if s[0] not in removed)
                 params.append(p if scale_by == p.scale_by else replace(p, scale_by=scale_by))
-        if single not in params:
-            params.insert(0, single)
-        return SearchSpace(name=f"{self.name}:single_task", path=self.path, params=tuple(params))
+        if task not in params:
+            params.insert(0, task)
+        at = params.index(task) + 1
+        if metadata:
+            fields = Param(name="metadata_inputs", type="fixed", role="fixed", value=list(metadata))
+            branch = [own.get(p.name, p) for p in metadata_params if p.name in METADATA_PARAMS[1:]]
+            params[at:at] = [fields, *branch]
+        elif "metadata_inputs" in own or pin_metadata:
+            params.insert(at, Param(name="metadata_inputs", type="fixed", role="fixed", value=[]))
+        return SearchSpace(name=f"{self.name}:{arm}", path=self.path, params=tuple(params))
 
     def _resolve(self, pick: Callable[[Param], Any], scaled: bool = True, with_fixed: bool = True) -> dict:
         base: dict[str, Any] = {}  # what Optuna sees; conditions are evaluated on it

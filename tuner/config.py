@@ -133,15 +133,42 @@ class RetrainSection(_Strict):
     seeds: int = Field(5, ge=1, description="training runs per arm; below 5 the seed variance is poorly estimated")
 
 
+ARM_NAMES = ("mtl", "meta", "mtl_meta", "single_task")  # tuner/arms.py says what each trains and takes
+
+
 class CompareSection(_Strict):
-    """What the multi-task model is compared with (``retrain`` and ``compare``)."""
+    """What ``retrain`` trains and ``compare`` reports: named arms, each compared with single-task."""
 
     baseline: Literal["ablation", "tuned"] = Field(
         "ablation",
-        description="ablation: MTL's best configuration with the site head off; tuned: `tune` also runs a "
-        "single-task search with the same budget (search space: the experiment's own minus its scientific "
-        "parameters) and retrain uses its best trial",
+        description="ablation: every arm is the experiment's best configuration with the site head and the "
+        "metadata inputs switched (MTL's best with the site head off, for single-task); tuned: `tune` also runs one "
+        "search per other arm with the same budget (search space: the experiment's own turned into the arm's) and "
+        "retrain uses each arm's best trial",
     )
+    arms: list[Literal["mtl", "meta", "mtl_meta", "single_task"]] | Literal["all"] | None = Field(
+        None,
+        description="the arms to compare, each with single_task: mtl (site as a target), meta (site, age and sex "
+        "as inputs), mtl_meta (both), single_task; `all` for the four; default: the experiment's own arm (mtl for "
+        "the shipped spaces) and single_task",
+    )
+
+    @field_validator("arms")
+    @classmethod
+    def _arms(cls, arms):
+        if arms == "all":
+            return list(ARM_NAMES)
+        if arms is None:
+            return None
+        repeated = sorted({a for a in arms if arms.count(a) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once; name each arm once")
+        if "single_task" not in arms or len(arms) < 2:
+            raise ValueError(
+                f"{arms}: every arm is compared with single_task, so list single_task and at least one other arm "
+                f"(known: {', '.join(ARM_NAMES)}, or `all`)"
+            )
+        return arms
 
 
 class ExperimentConfig(_Strict):

@@ -8,7 +8,8 @@ Layout under ``<storage>/<experiment>/`` (a folder or a URI)::
     tune/runs/<trial_id>/    each trial's Ray Train run: checkpoints (best ``keep_checkpoints`` by the objective)
     tune/results.parquet|csv one row per trial (tuner/results.py)
     tune/search.json         the search's budget, data fingerprint and what it spent (tuner/results.py)
-    tune_single_task/        the same for the single-task baseline's search (``compare: {baseline: tuned}``)
+    tune_<arm>/              the same for each other arm's search (``compare: {baseline: tuned}``; tuner/arms.py),
+                             e.g. tune_single_task/ for the single-task baseline
     retrain/                 the retrained arms x seeds (tuner/retrain.py)
     report/                  the comparison report (tuner/report/)
 """
@@ -18,31 +19,35 @@ from __future__ import annotations
 import math
 
 from trainables import storage
+from tuner import arms
 from tuner.config import ExperimentConfig
 
 DRIVER_CPU = 0.25  # a trial's (or a retrain run's) driver only waits on its workers
 
 
-MTL = "mtl"  # the experiment's own search
-SINGLE_TASK = "single_task"  # the tuned single-task baseline's search
-SEARCH_TITLES = {MTL: "MTL search", SINGLE_TASK: "single-task baseline search"}
+MTL, SINGLE_TASK = arms.MTL, arms.SINGLE_TASK  # (kept here for callers from before named arms)
+search_arms = arms.search_arms
 
 
-def search_arms(exp: ExperimentConfig) -> tuple[str, ...]:
-    """The searches ``tune`` runs, in order: the experiment's own, then the tuned baseline's if it asks for one."""
-    return (MTL, SINGLE_TASK) if exp.compare.baseline == "tuned" else (MTL,)
+def search_title(exp: ExperimentConfig, arm: str | None = None) -> str:
+    """What the console and the report call one of the experiment's searches: ``MTL search`` (or the arm its
+    space describes: ``metadata input search``), ``single-task baseline search``, ``MTL + metadata search``."""
+    if arm is None or arm == arms.primary_arm(exp):
+        return f"{arms.label(arm or arms.primary_arm(exp))} search"
+    return "single-task baseline search" if arm == SINGLE_TASK else f"{arms.label(arm)} search"
 
 
-def tune_name(arm: str = MTL) -> str:
-    """The folder (and Tune experiment name) of an arm's search: ``tune`` for MTL, ``tune_<arm>`` otherwise."""
-    return "tune" if arm == MTL else f"tune_{arm}"
+def tune_name(exp: ExperimentConfig, arm: str | None = None) -> str:
+    """The folder (and Tune experiment name) of a search: ``tune`` for the experiment's own (``arm`` None or the
+    arm its space describes), ``tune_<arm>`` for another tuned arm's."""
+    return "tune" if arms.is_primary(exp, arm) else f"tune_{arm}"
 
 
-def tune_dir(exp: ExperimentConfig, arm: str = MTL) -> str:
-    return storage.join(exp.experiment_dir, tune_name(arm))
+def tune_dir(exp: ExperimentConfig, arm: str | None = None) -> str:
+    return storage.join(exp.experiment_dir, tune_name(exp, arm))
 
 
-def runs_dir(exp: ExperimentConfig, arm: str = MTL) -> str:
+def runs_dir(exp: ExperimentConfig, arm: str | None = None) -> str:
     return storage.join(tune_dir(exp, arm), "runs")
 
 

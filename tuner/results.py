@@ -3,8 +3,8 @@ and its record, ``tune/search.json`` (its budget, the data it ran on, what it sp
 
 Columns: ``trial_id``, ``status`` (completed | stopped_early | diverged | error), ``epochs``, ``best_objective``,
 ``last_objective``, ``best_epoch``, ``checkpoint_path`` (the best epoch's Train checkpoint), ``wall_s``,
-``error``, and one ``param/<name>`` column per sampled parameter. A tuned baseline's search writes the same
-under ``tune_single_task/``.
+``error``, and one ``param/<name>`` column per sampled parameter. Each other tuned arm's search writes the same
+under ``tune_<arm>/`` (``tune_single_task/`` for the single-task baseline).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import pandas as pd
 
 from trainables import storage
 from trainables.errors import UserError
+from tuner.arms import primary_arm
 from tuner.config import ExperimentConfig
 
 SEARCH_RECORD = "search.json"
@@ -98,15 +99,16 @@ def read_results(tune_dir: str) -> pd.DataFrame:
 
 
 def search_record(
-    exp: ExperimentConfig, arm: str, fingerprint: str | None, wall_s: float, table: pd.DataFrame | None
+    exp: ExperimentConfig, arm: str | None, fingerprint: str | None, wall_s: float, table: pd.DataFrame | None
 ) -> dict:
     """``search.json``: the search's budget (:data:`BUDGET_FIELDS`; settings that do not apply, e.g. ASHA's with
     ``scheduler: none``, are null) and what it spent: trials run, trial-epochs and wall time (the seconds its
-    driver sessions spent searching; one killed outright is not counted). ``table`` None: not finished yet."""
+    driver sessions spent searching; one killed outright is not counted). ``table`` None: not finished yet.
+    ``arm`` None: the experiment's own search (recorded under the arm its space describes)."""
     t = exp.tune
     tpe, asha = t.sampler == "tpe", t.scheduler == "asha"
     return {
-        "arm": arm,
+        "arm": arm or primary_arm(exp),
         "experiment": exp.name,
         "search_space": exp.search_space,
         "num_samples": t.num_samples,
@@ -145,5 +147,6 @@ def read_search_record(tune_dir: str) -> dict | None:
 
 
 def budget_differences(mtl: dict, baseline: dict) -> list[str]:
-    """``"field: baseline's vs MTL's"`` for every budget field in which the two search records differ."""
+    """``"field: baseline's vs MTL's"`` (another arm's vs the experiment's own search's) for every budget field in
+    which the two search records differ."""
     return [f"{f}: {baseline.get(f)} vs {mtl.get(f)}" for f in BUDGET_FIELDS if baseline.get(f) != mtl.get(f)]

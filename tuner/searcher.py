@@ -16,28 +16,9 @@ from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 from ray.tune.stopper import Stopper
 
-from search_spaces import SearchSpace, define_by_run, load_space
-from trainables.config import TRAIN_KEYS
-from trainables.errors import UserError
+from search_spaces import define_by_run
+from tuner.arms import arm_space, is_primary
 from tuner.config import OPTUNA_GOOD_FRACTION, ExperimentConfig
-from tuner.layout import MTL, SINGLE_TASK
-
-
-def arm_space(exp: ExperimentConfig, arm: str = MTL) -> SearchSpace:
-    """The search space of one of the experiment's searches: its own, or for the tuned single-task baseline the
-    same space minus its scientific parameters (:meth:`SearchSpace.single_task`), so the nuisance spaces match."""
-    space = load_space(exp.search_space, known_keys=TRAIN_KEYS)
-    if arm == MTL:
-        return space
-    if not space.scientific() and space.defaults().get("multitask", exp.train.multitask) is False:
-        raise UserError(
-            f"compare.baseline: tuned: search space {exp.search_space!r} is already single-task (no scientific "
-            "parameter, multitask: false), so the baseline search would repeat it; search an MTL space "
-            "(e.g. search_space: mtl) or set compare: {baseline: ablation}"
-        )
-    if arm != SINGLE_TASK:
-        raise ValueError(f"no search arm {arm!r} (known: {MTL}, {SINGLE_TASK})")
-    return space.single_task()
 
 
 def make_sampler(exp: ExperimentConfig) -> optuna.samplers.BaseSampler:
@@ -92,9 +73,10 @@ class EarlyStopAwareOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, None if stopped_early else result, error)
 
 
-def make_searcher(exp: ExperimentConfig, arm: str = MTL) -> OptunaSearch:
-    """The searcher of one of the experiment's searches; both get the same sampler and seed. Its Optuna study is
-    named after the experiment (``<name>-<arm>`` for the baseline's, so that both can share ``study_storage``)."""
+def make_searcher(exp: ExperimentConfig, arm: str | None = None) -> OptunaSearch:
+    """The searcher of one of the experiment's searches (:func:`tuner.arms.arm_space`); all get the same sampler and
+    seed. Its Optuna study is named after the experiment (``<name>-<arm>`` for another arm's, so that all can share
+    ``study_storage``)."""
     space = arm_space(exp, arm)
     study_storage = optuna.storages.RDBStorage(exp.tune.study_storage) if exp.tune.study_storage else None
     return EarlyStopAwareOptunaSearch(
@@ -103,7 +85,7 @@ def make_searcher(exp: ExperimentConfig, arm: str = MTL) -> OptunaSearch:
         metric=exp.tune.metric,
         mode=exp.tune.mode,
         sampler=make_sampler(exp),
-        study_name=exp.name if arm == MTL else f"{exp.name}-{arm}",
+        study_name=exp.name if is_primary(exp, arm) else f"{exp.name}-{arm}",
         storage=study_storage,
         points_to_evaluate=[space.warm_start()],
     )

@@ -6,11 +6,12 @@ epoch's metrics to Tune with :class:`~tuner.tune_callbacks.EpochReportCallback` 
 the epoch, also after a resume). The searcher is in :mod:`tuner.searcher`, Tune's callbacks and loggers in
 :mod:`tuner.tune_callbacks`, where the outputs go (and how many trials run at once) in :mod:`tuner.layout`.
 
-With ``compare: {baseline: tuned}`` the experiment has two searches, run one after the other as two Tune
-experiments in the same storage: the experiment's own (``tune/``), then the single-task baseline's
-(``tune_single_task/``, the same space minus its scientific parameters) with the same budget, sampler, seed,
-scheduler, concurrency and prepared data. Each writes its results table and its record (``search.json``) when it
-ends; ``--resume`` continues the first unfinished one (a search with a results table is finished and kept).
+With ``compare: {baseline: tuned}`` the experiment has one search per arm (:mod:`tuner.arms`), run one after the
+other as Tune experiments in the same storage: the experiment's own (``tune/``, the arm its space describes),
+then each other arm's (``tune_<arm>/``, e.g. ``tune_single_task/``: the same space turned into the arm's) with the
+same budget, sampler, seed, scheduler, concurrency and prepared data. Each writes its results table and its
+record (``search.json``) when it ends; ``--resume`` continues the first unfinished one (a search with a results
+table is finished and kept).
 """
 
 from __future__ import annotations
@@ -29,18 +30,9 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from trainables import storage
 from trainables.errors import UserError
+from tuner.arms import arm_space, is_primary, search_arms
 from tuner.config import ExperimentConfig, TuneSection
-from tuner.layout import (
-    DRIVER_CPU,
-    MTL,
-    SEARCH_TITLES,
-    min_cluster_cpus,
-    runs_dir,
-    search_arms,
-    search_concurrency,
-    tune_dir,
-    tune_name,
-)
+from tuner.layout import DRIVER_CPU, min_cluster_cpus, runs_dir, search_concurrency, search_title, tune_dir, tune_name
 from tuner.ray_runtime import tune_verbosity
 from tuner.results import (
     read_results,
@@ -50,14 +42,14 @@ from tuner.results import (
     write_results,
     write_search_record,
 )
-from tuner.searcher import EpochBudget, arm_space, make_searcher
+from tuner.searcher import EpochBudget, make_searcher
 from tuner.train_run import make_trainer
 from tuner.tune_callbacks import EpochReportCallback, TrialLines, epoch_loggers
 
 
-def trial_driver(config: dict, exp: dict, prepared: str, use_gpu: bool, arm: str = MTL) -> None:
-    """The Tune trainable of one trial (of the ``arm``'s search): fit one TorchTrainer with the sampled
-    configuration."""
+def trial_driver(config: dict, exp: dict, prepared: str, use_gpu: bool, arm: str | None = None) -> None:
+    """The Tune trainable of one trial (of the ``arm``'s search; None: the experiment's own): fit one TorchTrainer
+    with the sampled configuration."""
     experiment = ExperimentConfig(**exp)
     ctx = tune.get_context()
     trial_dir = ctx.get_trial_dir()  # local; on cloud storage the workers upload into the trial's folder there
@@ -135,7 +127,7 @@ def make_scheduler(t: TuneSection):
 
 
 def make_tuner(
-    exp: ExperimentConfig, prepared: str, use_gpu: bool, resources: dict, resume: bool, arm: str = MTL
+    exp: ExperimentConfig, prepared: str, use_gpu: bool, resources: dict, resume: bool, arm: str | None = None
 ) -> tune.Tuner:
     """The Tuner of the ``arm``'s search (a new one, or with ``resume`` the one restored from its folder)."""
     trainable = tune.with_resources(
@@ -157,10 +149,13 @@ def make_tuner(
             max_concurrent_trials=search_concurrency(exp, resources, use_gpu),
         ),
         run_config=tune.RunConfig(
-            name=tune_name(arm),
+            name=tune_name(exp, arm),
             storage_path=exp.experiment_dir,
             failure_config=tune.FailureConfig(max_failures=t.max_failures),
-            callbacks=[*epoch_loggers(), TrialLines(t.metric, t.mode, t.max_epochs, t.num_samples, tune_name(arm))],
+            callbacks=[
+                *epoch_loggers(),
+                TrialLines(t.metric, t.mode, t.max_epochs, t.num_samples, tune_name(exp, arm)),
+            ],
             stop=EpochBudget(t.max_trial_epochs) if t.max_trial_epochs else None,
             verbose=tune_verbosity(),  # Tune's tables only with --verbose; TrialLines prints a line per trial
         ),
@@ -173,7 +168,7 @@ def check_start(exp: ExperimentConfig, resume: bool) -> None:
     exists = tune.Tuner.can_restore(path)
     if resume and not exists:
         raise UserError(f"--resume: no experiment to resume at {path}; run without --resume to start it")
-    others = [tune_dir(exp, arm) for arm in search_arms(exp) if arm != MTL]
+    others = [tune_dir(exp, arm) for arm in search_arms(exp) if not is_primary(exp, arm)]
     if not resume and any(_started(p) for p in [path, *others]):
         raise UserError(
             f"experiment {exp.name!r} already exists at {exp.experiment_dir}: add --resume to continue it, "
@@ -201,7 +196,7 @@ def _announce(exp: ExperimentConfig, arm: str, restore: bool, concurrency: int) 
     budget = f", stopped at {t.max_trial_epochs} trial-epochs" if t.max_trial_epochs else ""
     scheduler = f"ASHA (grace {t.grace_period}, factor {t.reduction_factor:g})" if t.scheduler == "asha" else "FIFO"
     print(
-        f"tune: {SEARCH_TITLES[arm]}{' (resumed)' if restore else ''}, {t.num_samples} trials of up to "
+        f"tune: {search_title(exp, arm)}{' (resumed)' if restore else ''}, {t.num_samples} trials of up to "
         f"{t.max_epochs} epochs{budget}, {t.sampler.upper()} seed {t.seed} + {scheduler}, {concurrency} at once "
         f"({tune_dir(exp, arm)})",
         flush=True,
@@ -217,7 +212,7 @@ def run_search(
     raises KeyboardInterrupt, so that nothing runs after it and ``--resume`` continues it."""
     path = tune_dir(exp, arm)
     if storage.exists(storage.join(path, "results.parquet")):
-        print(f"tune: {SEARCH_TITLES[arm]} finished earlier; kept ({path}/results.parquet)", flush=True)
+        print(f"tune: {search_title(exp, arm)} finished earlier; kept ({path}/results.parquet)", flush=True)
         return None, read_results(path)
     restore = resume and tune.Tuner.can_restore(path)
     _announce(exp, arm, restore, search_concurrency(exp, resources, gpu))
@@ -236,7 +231,7 @@ def run_search(
         raise
     if grid.num_terminated + grid.num_errors < len(grid):
         record(None)
-        print(f"tune: {SEARCH_TITLES[arm]} interrupted; continue it with `skintune tune ... --resume`", flush=True)
+        print(f"tune: {search_title(exp, arm)} interrupted; continue it with `skintune tune ... --resume`", flush=True)
         raise KeyboardInterrupt
     table = trials_table(grid, exp)
     record(table)
@@ -246,7 +241,8 @@ def run_search(
 
 def run_tune(exp: ExperimentConfig, resume: bool = False):
     """Prepare data, run (or resume) the experiment's searches (:func:`search_arms`), write each one's results
-    table and record; return the MTL search's (ResultGrid, table); the grid is None if it had finished earlier."""
+    table and record; return the experiment's own search's (ResultGrid, table); the grid is None if it had
+    finished earlier."""
     from tuner.data_step import ensure_data
     from tuner.ray_runtime import init_ray, use_gpu
 
@@ -258,4 +254,4 @@ def run_tune(exp: ExperimentConfig, resume: bool = False):
     gpu = use_gpu(exp.train.use_gpu)
     write_experiment_yaml(exp)
     found = {arm: run_search(exp, arm, prepared, gpu, resources, resume) for arm in search_arms(exp)}
-    return found[MTL]
+    return found[search_arms(exp)[0]]

@@ -65,9 +65,10 @@ def test_the_baseline_space_is_the_experiments_own_minus_its_scientific_paramete
         arm_space(already, SINGLE_TASK)
 
 
-def _finished_search(exp, arm: str = "mtl", fingerprint: str = "fp-1", **params) -> dict:
-    """A finished search's results table and record (search.json), as `tune` writes them."""
-    row = {"trial_id": f"{arm}_0", "status": "completed", "epochs": 2, "best_objective": 0.5, "wall_s": 3.0}
+def _finished_search(exp, arm: str | None = None, fingerprint: str = "fp-1", **params) -> dict:
+    """A finished search's results table and record (search.json), as `tune` writes them (arm None: the
+    experiment's own search)."""
+    row = {"trial_id": f"{arm or 'own'}_0", "status": "completed", "epochs": 2, "best_objective": 0.5, "wall_s": 3.0}
     table = pd.DataFrame([{**row, **{f"param/{k}": v for k, v in params.items()}}])
     Path(tune_dir(exp, arm)).mkdir(parents=True, exist_ok=True)
     write_results(table, tune_dir(exp, arm))

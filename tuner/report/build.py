@@ -1,5 +1,6 @@
 """``build_report(experiment_dir)``: read the experiment's outputs, compute every statistic from the per-image
-test predictions, draw the figures and write ``report/{report.html, report.md, results.parquet, *.png}``.
+test predictions, draw the figures and write ``report/{report.html, report.md, results.parquet, *.png}``, plus
+``ci.json`` (MTL - single-task, quoted by the export) and ``arms.json`` (every arm - single-task).
 
     python -c "from tuner.report import build_report; print(build_report('results/smoke'))"
 """
@@ -15,6 +16,7 @@ from tuner.report import context_sections, render, result_sections
 from tuner.report.comparison import (
     N_BOOT,
     N_PERM,
+    arms_record,
     check_metrics_json,
     ci_record,
     compare,
@@ -47,6 +49,7 @@ def build_report(experiment_dir: str | Path, n_boot: int = N_BOOT, n_perm: int =
     storage.write_parquet(str(out / "results.parquet"), table)  # atomic: a killed compare leaves no half file
     comparisons = compare(inp, table, n_boot, n_perm)
     storage.write_text(str(out / "ci.json"), json.dumps(ci_record(inp, comparisons), indent=2))  # read by export
+    storage.write_text(str(out / "arms.json"), json.dumps(arms_record(inp, comparisons), indent=2))
     notes = check_metrics_json(inp, table)
     parts = [
         result_sections.headline(inp, comparisons, pooled_mcnemar(inp), notes, out),

@@ -24,10 +24,12 @@ STATUS_TEXT = {
 
 
 def _num(x, digits: int = 4) -> str:
+    if getattr(x, "ndim", 0) > 0 or isinstance(x, list | tuple):  # a list-valued parameter (metadata_inputs)
+        return str(list(x.tolist() if hasattr(x, "tolist") else x))
     return "n/a" if x is None or x != x else f"{x:.{digits}g}" if isinstance(x, float) else str(x)
 
 
-def _compute_table(inp: Inputs, baseline_trials=None) -> Table:
+def _compute_table(inp: Inputs, baseline_trials: dict | None = None) -> Table:
     train = inp.config.get("train") or {}
     rows = search_mod.compute(
         inp.trials,
@@ -74,14 +76,33 @@ def _best_blocks(found: search_mod.Search, metric: str) -> list:
     return blocks
 
 
+ARMS_LABELS = {
+    "ablation": "ablation (each arm is the best configuration of the experiment's own search with the site head and "
+    "the metadata inputs switched to the arm's)",
+    "tuned": "tuned (each arm is the best trial of its own search, with the experiment's search's budget)",
+}
+
+
 def _baseline_blocks(inp: Inputs, found: dict[str, search_mod.ArmSearch], metric: str, mode: str, out: Path):
-    """The baseline, labelled for what it is, and with a tuned baseline both searches side by side: their
-    budgets and what they spent, and their best-so-far curves in one plot."""
+    """The baseline, labelled for what it is, and with tuned arms every search side by side: their budgets and
+    what they spent, and their best-so-far curves in one plot."""
     kind = str(inp.summary.get("baseline_kind"))
-    label = search_mod.BASELINE_LABELS.get(kind, "not recorded (summary.json has no baseline_kind)")
-    blocks: list = [Heading("Baseline search"), Text(f"Single-task baseline: {label}.")]
-    if search_mod.SINGLE_TASK not in found:
-        if kind == "ablation":
+    arm_names = [str(a) for a in inp.summary.get("arms") or ("mtl", "single_task")]
+    if len(arm_names) > 2:
+        label = ARMS_LABELS.get(kind, "not recorded (summary.json has no baseline_kind)")
+        blocks: list = [Heading("Arm searches"), Text(f"Arms {', '.join(arm_names)}: {label}.")]
+    else:
+        label = search_mod.BASELINE_LABELS.get(kind, "not recorded (summary.json has no baseline_kind)")
+        blocks = [Heading("Baseline search"), Text(f"Single-task baseline: {label}.")]
+    if len(found) < 2:
+        if kind == "ablation" and len(arm_names) > 2:
+            blocks.append(
+                Text(
+                    "The arms had no searches of their own: their hyperparameters were tuned for the experiment's "
+                    "own arm. `compare: {baseline: tuned}` gives each arm its own search with the same budget."
+                )
+            )
+        elif kind == "ablation":
             blocks.append(
                 Text(
                     "The ablation had no search of its own: its hyperparameters were tuned for MTL. "
@@ -92,7 +113,7 @@ def _baseline_blocks(inp: Inputs, found: dict[str, search_mod.ArmSearch], metric
     arms = list(found.values())
     blocks.append(Table(["", *(s.title for s in arms)], search_mod.budget_rows(found)))
     curves = {s.arm: s.trials for s in arms if s.trials is not None and not s.trials.empty}
-    if len(curves) == 2:
+    if len(curves) >= 2:
         fig = plots.best_so_far(curves, {s.arm: s.title for s in arms}, metric, mode, out / "best_so_far.png")
         blocks.append(Figure(fig, "Best objective so far over each search's trials (same budget, same sampler seed)"))
     notes = search_mod.budget_notes(found)
@@ -104,8 +125,8 @@ def search(inp: Inputs, out: Path) -> Section:
     tune = inp.config.get("tune") or {}
     metric, mode = tune.get("metric", "val/lesion_bacc"), tune.get("mode", "max")
     found_searches = search_mod.searches(inp.experiment_dir, inp.summary)
-    baseline = found_searches.get(search_mod.SINGLE_TASK)
-    baseline_trials = baseline.trials if baseline is not None else None
+    own = next((s for s in found_searches.values() if s.own), found_searches.get(search_mod.MTL))
+    baseline_trials = {s.title: s.trials for s in found_searches.values() if s is not own}
     baseline_blocks = _baseline_blocks(inp, found_searches, metric, mode, out)
     if inp.trials is None or inp.trials.empty:
         section.blocks = [
@@ -189,7 +210,24 @@ def reproduction(inp: Inputs) -> Section:
             Code("\n".join(commands), "bash"),
             Text("The resolved experiment config (`experiment.yaml`):"),
             Code(yaml.safe_dump(inp.config, sort_keys=False), "yaml"),
-            Text(f"The retrained MTL training config (seeds {', '.join(map(str, inp.seeds))}):"),
-            Code(yaml.safe_dump(inp.summary.get("config") or {}, sort_keys=False), "yaml"),
+            *_configs(inp),
         ],
     )
+
+
+def _configs(inp: Inputs) -> list:
+    """Each retrained arm's training config (summary.json ``configs``; before named arms, MTL's)."""
+    seeds = ", ".join(map(str, inp.seeds))
+    configs = inp.summary.get("configs")
+    if not configs:
+        return [
+            Text(f"The retrained MTL training config (seeds {seeds}):"),
+            Code(yaml.safe_dump(inp.summary.get("config") or {}, sort_keys=False), "yaml"),
+        ]
+    blocks: list = []
+    for arm, config in configs.items():
+        blocks += [
+            Text(f"The retrained `{arm}` training config (seeds {seeds}):"),
+            Code(yaml.safe_dump(config, sort_keys=False), "yaml"),
+        ]
+    return blocks

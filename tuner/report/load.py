@@ -3,9 +3,9 @@
 
 Layout read (under ``<storage>/<name>/``): ``experiment.yaml`` (typed by :func:`tuner.config.load_experiment`),
 ``prepared/dataset.json`` (or the ``data.prepared`` folder named in experiment.yaml), ``tune/results.parquet``
-(optional), ``retrain/summary.json`` and ``retrain/<arm>/seed_<k>/{predictions.parquet,metrics.json}``.
-Predictions of all seeds and both arms are aligned to one image order, so every paired statistic pairs the same
-image.
+(optional), ``retrain/summary.json`` and ``retrain/<arm>/seed_<k>/{predictions.parquet,metrics.json}`` for each arm
+summary.json lists (``arms``; before named arms: mtl and single_task). Predictions of all seeds and arms are
+aligned to one image order, so every paired statistic pairs the same image.
 Anything missing or inconsistent is a :class:`UserError` naming the file and the fix.
 """
 
@@ -19,9 +19,11 @@ import numpy as np
 import pandas as pd
 
 from trainables.errors import UserError
+from tuner.arms import ARMS as KNOWN_ARMS
+from tuner.arms import REFERENCE
 from tuner.config import ExperimentConfig, load_experiment
 
-ARMS = ("mtl", "single_task")
+ARMS = ("mtl", "single_task")  # the arms of a summary.json written before named arms
 
 
 @dataclass
@@ -30,13 +32,14 @@ class Inputs:
     experiment: ExperimentConfig  # experiment.yaml, typed
     dataset: dict  # dataset.json
     summary: dict  # retrain/summary.json
+    arms: tuple[str, ...]  # the compared arms, in summary.json's order; single_task (the reference) among them
     seeds: list[int]
     image_ids: np.ndarray  # (n,) test images, one order for every seed and arm
     lesion: np.ndarray  # (n,) true lesion class
     site: np.ndarray  # (n,) true site, -1 = missing
     groups: np.ndarray | None  # (n,) lesion (or patient) group ids; None in predictions written before they were
     probs: dict[str, list[np.ndarray]]  # arm -> one (n, n_lesion) array per seed
-    site_probs: list[np.ndarray | None]  # MTL site head, one (n, n_site) array per seed
+    site_probs: dict[str, list[np.ndarray | None]]  # arm -> its site head's (n, n_site) array per seed, or None
     metrics: dict[str, list[dict]]  # arm -> metrics.json per seed
     trials: pd.DataFrame | None  # tune/results.parquet, None without a search
 
@@ -56,6 +59,11 @@ class Inputs:
     @property
     def site_classes(self) -> list[str]:
         return list(self.dataset["site_classes"])
+
+    @property
+    def compared(self) -> tuple[str, ...]:
+        """The arms compared with single-task, in order."""
+        return tuple(a for a in self.arms if a != REFERENCE)
 
     def preds(self, arm: str) -> list[np.ndarray]:
         return [p.argmax(axis=1) for p in self.probs[arm]]
@@ -121,7 +129,18 @@ def _stack(values: pd.Series) -> np.ndarray:
     return np.stack([np.asarray(v, dtype=float) for v in values])
 
 
-def _read_retrain(root: Path, name: str) -> tuple[dict, dict, dict]:
+def _arms(summary: dict, where: Path) -> tuple[str, ...]:
+    arms = tuple(str(a) for a in summary.get("arms") or ARMS)
+    unknown = [a for a in arms if a not in KNOWN_ARMS]
+    if unknown or REFERENCE not in arms or len(arms) < 2 or len(set(arms)) < len(arms):
+        raise UserError(
+            f"{where}: arms {list(arms)} must be distinct, known ({', '.join(KNOWN_ARMS)}) and include "
+            f"{REFERENCE} with at least one other; rerun `skintune retrain`"
+        )
+    return arms
+
+
+def _read_retrain(root: Path, name: str) -> tuple[dict, tuple[str, ...], dict, dict]:
     retrain = root / "retrain"
     if not retrain.is_dir():
         raise UserError(f"no retrain results under {retrain}: run `skintune retrain --experiment {name}` first")
@@ -129,14 +148,15 @@ def _read_retrain(root: Path, name: str) -> tuple[dict, dict, dict]:
     seeds = [int(s) for s in summary.get("seeds") or []]
     if not seeds:
         raise UserError(f"{retrain / 'summary.json'}: no seeds listed; rerun `skintune retrain --experiment {name}`")
+    arms = _arms(summary, retrain / "summary.json")
     frames: dict[tuple[str, int], pd.DataFrame] = {}
-    metrics: dict[str, list[dict]] = {arm: [] for arm in ARMS}
-    for arm in ARMS:
+    metrics: dict[str, list[dict]] = {arm: [] for arm in arms}
+    for arm in arms:
         for seed in seeds:
             run = retrain / arm / f"seed_{seed}"
             frames[arm, seed] = _read_predictions(run / "predictions.parquet")
             metrics[arm].append(_read_json(run / "metrics.json", f"rerun `skintune retrain --experiment {name}`"))
-    return summary, frames, metrics
+    return summary, arms, frames, metrics
 
 
 def _read_trials(root: Path) -> pd.DataFrame | None:
@@ -149,26 +169,28 @@ def load_inputs(experiment_dir: str | Path) -> Inputs:
     if not root.is_dir():
         raise UserError(f"no experiment at {root}: check --experiment and --storage")
     experiment = _read_config(root)
-    summary, frames, metrics = _read_retrain(root, experiment.name)
+    summary, arms, frames, metrics = _read_retrain(root, experiment.name)
     dataset = _read_dataset(root, experiment)
     seeds = [int(s) for s in summary["seeds"]]
-    frames = _align(frames, ("mtl", seeds[0]), root)
-    ref = frames["mtl", seeds[0]]
+    frames = _align(frames, (arms[0], seeds[0]), root)
+    ref = frames[arms[0], seeds[0]]
     n_lesion, n_site = len(dataset["lesion_classes"]), len(dataset["site_classes"])
-    probs = {arm: [_stack(frames[arm, s]["lesion_probs"]) for s in seeds] for arm in ARMS}
-    for arm in ARMS:
+    probs = {arm: [_stack(frames[arm, s]["lesion_probs"]) for s in seeds] for arm in arms}
+    for arm in arms:
         if any(p.shape != (len(ref), n_lesion) for p in probs[arm]):
             raise UserError(f"{root}/retrain/{arm}: lesion_probs must have {n_lesion} values per image")
-    site_probs = []
-    for s in seeds:
-        col = frames["mtl", s].get("site_probs")
-        ok = col is not None and col.notna().all()
-        site_probs.append(_stack(col) if ok and len(col.iloc[0]) == n_site else None)
+    site_probs: dict[str, list[np.ndarray | None]] = {arm: [] for arm in arms}
+    for arm in arms:
+        for s in seeds:
+            col = frames[arm, s].get("site_probs")
+            ok = KNOWN_ARMS[arm].multitask and col is not None and col.notna().all()
+            site_probs[arm].append(_stack(col) if ok and len(col.iloc[0]) == n_site else None)
     return Inputs(
         experiment_dir=root,
         experiment=experiment,
         dataset=dataset,
         summary=summary,
+        arms=arms,
         seeds=seeds,
         image_ids=ref.index.to_numpy(),
         lesion=ref["lesion"].to_numpy(dtype=int),

@@ -14,9 +14,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from trainables import storage  # noqa: E402
+from tuner.arms import ARMS  # noqa: E402
 
-ARM_COLORS = {"mtl": "#2f6ea5", "single_task": "#d9822b"}
-ARM_LABELS = {"mtl": "MTL (lesion + site)", "single_task": "single-task"}
+ARM_COLORS = {"mtl": "#2f6ea5", "meta": "#3a9b5c", "mtl_meta": "#8e5ab5", "single_task": "#d9822b"}
+ARM_LABELS = {arm: a.title for arm, a in ARMS.items()}
 STATUS_COLORS = {
     "completed": "#2f6ea5",
     "stopped_early": "#9aa5b1",
@@ -53,31 +54,44 @@ def _slanted(ax, labels: list[str]) -> None:
     ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", rotation_mode="anchor", fontsize=8)
 
 
-def headline(per_seed: dict[str, dict[str, list[float]]], diffs: dict[str, dict], path: Path) -> Path:
-    """Left: mean per metric and arm with seed dots; right: paired difference (points) with its 95 % CI.
+def headline(
+    per_seed: dict[str, dict[str, list[float]]], diffs: dict[str, dict[str, dict]], path: Path, order: list[str]
+) -> Path:
+    """Left: mean per metric and arm with seed dots; right: each arm's paired difference with single-task (points)
+    with its 95 % CI.
 
-    ``per_seed[metric][arm]`` = values over seeds; ``diffs[metric]`` = {diff, low, high}.
+    ``per_seed[metric][arm]`` = values over seeds; ``diffs[metric][arm]`` = {diff, low, high}; ``order``: the arms.
     """
     metrics = list(per_seed)
-    fig, (ax, ax_d) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [3, 2]})
-    x, width = np.arange(len(metrics)), 0.36
-    for i, arm in enumerate(ARM_COLORS):
+    compared = [a for a in order if any(a in diffs[m] for m in metrics)]
+    fig, (ax, ax_d) = plt.subplots(
+        1, 2, figsize=(10, 3.6 + 0.25 * max(0, len(compared) - 1) * len(metrics)), gridspec_kw={"width_ratios": [3, 2]}
+    )
+    x, width = np.arange(len(metrics)), 0.72 / len(order)
+    for i, arm in enumerate(order):
         vals = [per_seed[m][arm] for m in metrics]
-        pos = x + (i - 0.5) * width
+        pos = x + (i - (len(order) - 1) / 2) * width
         ax.bar(pos, [np.mean(v) for v in vals], width, color=ARM_COLORS[arm], alpha=0.85, label=ARM_LABELS[arm])
         for p, v in zip(pos, vals, strict=True):
             ax.scatter(np.full(len(v), p), v, color="black", s=12, zorder=3)
     ax.set_xticks(x, metrics)
     ax.set_ylim(0, 1)
     ax.set_title("test split, mean over seeds (dots: seeds)")
-    _legend_below(ax, 2, below=0.22)  # under two-line tick labels (metric and its role)
+    _legend_below(ax, min(len(order), 4), below=0.22)  # under two-line tick labels (metric and its role)
     _style(ax)
-    d = np.array([[diffs[m]["diff"], diffs[m]["low"], diffs[m]["high"]] for m in metrics]) * 100
-    y = np.arange(len(metrics))[::-1]
-    ax_d.errorbar(d[:, 0], y, xerr=[d[:, 0] - d[:, 1], d[:, 2] - d[:, 0]], fmt="o", color="#333", capsize=4)
+    rows = [(m, a) for m in metrics for a in compared if a in diffs[m]]
+    d = np.array([[diffs[m][a]["diff"], diffs[m][a]["low"], diffs[m][a]["high"]] for m, a in rows]) * 100
+    y = np.arange(len(rows))[::-1]
+    for arm in compared:
+        mine = np.array([a == arm for _, a in rows])
+        color = "#333" if len(compared) == 1 else ARM_COLORS.get(arm, "#333")
+        lo, hi = d[mine, 0] - d[mine, 1], d[mine, 2] - d[mine, 0]
+        ax_d.errorbar(d[mine, 0], y[mine], xerr=[lo, hi], fmt="o", color=color, capsize=4)
     ax_d.axvline(0, color="#c23b22", lw=1, ls="--")
-    ax_d.set_yticks(y, metrics)
-    ax_d.set_xlabel("MTL - single-task (points), 95 % CI")
+    ticks = [m if len(compared) == 1 else f"{m.split(chr(10))[0]}: {ARM_LABELS.get(a, a)}" for m, a in rows]
+    ax_d.set_yticks(y, ticks, fontsize=8 if len(compared) > 1 else None)
+    name = ARM_LABELS.get(compared[0], compared[0]).split(" (")[0] if len(compared) == 1 else "arm"
+    ax_d.set_xlabel(f"{name} - single-task (points), 95 % CI")
     ax_d.set_title("paired difference")
     ax_d.spines[["top", "right"]].set_visible(False)
     return _save(fig, path)
@@ -88,22 +102,22 @@ def grouped_rates(
 ) -> Path:
     """Horizontal bars per group (class or site) and arm: mean rate over seeds, seed range as a whisker,
     the group's image count next to its name. ``rates[arm]`` is (seeds, groups)."""
-    fig, ax = plt.subplots(figsize=(8, 0.55 * len(labels) + 1.4))
-    y, height = np.arange(len(labels))[::-1], 0.38
-    for i, arm in enumerate(ARM_COLORS):
+    fig, ax = plt.subplots(figsize=(8, (0.3 + 0.13 * len(rates)) * len(labels) + 1.4))
+    y, height = np.arange(len(labels))[::-1], 0.76 / len(rates)
+    for i, arm in enumerate(rates):
         r = np.asarray(rates[arm], dtype=float)
         with warnings.catch_warnings():  # a group without test images has no rate: NaN, drawn as 0 beside n=0
             warnings.simplefilter("ignore", RuntimeWarning)
             mean = np.nanmean(r, axis=0)
             err = [mean - np.nanmin(r, axis=0), np.nanmax(r, axis=0) - mean]
         ax.barh(
-            y + (0.5 - i) * height,
+            y + ((len(rates) - 1) / 2 - i) * height,
             np.nan_to_num(mean),
             height,
             xerr=np.nan_to_num(err),
-            color=ARM_COLORS[arm],
+            color=ARM_COLORS.get(arm, "#555"),
             alpha=0.85,
-            label=ARM_LABELS[arm],
+            label=ARM_LABELS.get(arm, arm),
             error_kw={"lw": 0.8},
         )
     ax.set_yticks(y, [f"{lab}  (n={k})" for lab, k in zip(labels, n, strict=True)])
@@ -138,7 +152,7 @@ def confusion(cms: dict[str, np.ndarray], classes: list[str], n_seeds: int, path
         ax.set_yticks(range(k), classes, fontsize=8)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"{ARM_LABELS[arm]} ({n_seeds} seeds pooled)", fontsize=10)
+        ax.set_title(f"{ARM_LABELS.get(arm, arm)} ({n_seeds} seeds pooled)", fontsize=10)
     return _save(fig, path)
 
 

@@ -9,14 +9,16 @@ import numpy as np
 import pandas as pd
 
 from trainables.metrics import confusion_matrix
+from tuner import arms as arms_mod
 from tuner import stats
+from tuner.arms import MTL, REFERENCE
 from tuner.report import plots
 from tuner.report.comparison import ESTIMAND, FEW_SEEDS, Comparison, rate_intervals
-from tuner.report.load import ARMS, Inputs
+from tuner.report.load import Inputs
 from tuner.report.render import Bullets, Figure, Heading, Section, Table, Text
 
 TITLES = {
-    "headline": "Headline: MTL vs single-task",
+    "headline": "Headline: MTL vs single-task",  # the two-arm comparison's; see headline_title
     "classes": "Per-class recall",
     "sites": "Lesion accuracy per body site",
     "confusion": "Confusion matrices",
@@ -31,6 +33,18 @@ BASELINE = {
     "tuned": (
         "The single-task baseline was tuned with its own search (as hard as MTL) and retrained with the "
         "same seeds, data and schedule."
+    ),
+}
+ARMS_BASELINE = {  # with more arms than MTL and single-task
+    "ablation": (
+        "Ablation: every arm is the best configuration of the experiment's own search ({primary}) with the site "
+        "head and the metadata inputs switched to the arm's, trained with the same seeds, data and schedule. Only "
+        "that arm was tuned, which can favour it; `compare: {{baseline: tuned}}` gives each arm a search of its own "
+        "with the same budget, the fairer test."
+    ),
+    "tuned": (
+        "Each arm was tuned with a search of its own with the same budget, sampler, seed and data (the "
+        "experiment's search space turned into the arm's), and retrained with the same seeds, data and schedule."
     ),
 }
 
@@ -48,18 +62,45 @@ def _eq(p_text: str) -> str:
     return p_text if p_text.startswith("<") else f"= {p_text}"
 
 
-def _primary(comparisons: list[Comparison]) -> Comparison:
-    return next((c for c in comparisons if c.primary), comparisons[0])
+def _label(arm: str) -> str:
+    return arms_mod.label(arm)
 
 
-def _headline_table(comparisons: list[Comparison]) -> Table:
-    cols = ["test metric", "role", "MTL mean ± sd", "single-task mean ± sd", "MTL - single-task (points)", "95 % CI"]
+def _short(arm: str) -> str:
+    """An arm in a per-seed column header (MTL, single, metadata input, ...)."""
+    return "single" if arm == REFERENCE else _label(arm)
+
+
+def headline_title(inp: Inputs) -> str:
+    if inp.compared == (MTL,):
+        return TITLES["headline"]
+    if len(inp.compared) == 1:
+        return f"Headline: {_label(inp.compared[0])} vs single-task"
+    return "Headline: each arm vs single-task"
+
+
+def _primary(comparisons: list[Comparison], arm: str | None = None) -> Comparison:
+    mine = [c for c in comparisons if arm is None or c.arm == arm]
+    return next((c for c in mine if c.primary), mine[0])
+
+
+def _two_arm_table(comparisons: list[Comparison]) -> Table:
+    arm = comparisons[0].arm
+    name = _label(arm)
+    cols = [
+        "test metric",
+        "role",
+        f"{name} mean ± sd",
+        "single-task mean ± sd",
+        f"{name} - single-task (points)",
+        "95 % CI",
+    ]
     rows = [
         [
             c.name,
             "primary" if c.primary else "exploratory",
-            fmt_ms(c.per_seed["mtl"]),
-            fmt_ms(c.per_seed["single_task"]),
+            fmt_ms(c.per_seed[arm]),
+            fmt_ms(c.per_seed[REFERENCE]),
             fmt_points(c.diff),
             f"{fmt_points(c.low)} to {fmt_points(c.high)}",
             stats.format_p(c.p_value),
@@ -70,18 +111,72 @@ def _headline_table(comparisons: list[Comparison]) -> Table:
     return Table([*cols, "p (permutation)", "p (Holm, exploratory)"], rows)
 
 
+def _arms_table(comparisons: list[Comparison]) -> Table:
+    """One row per (arm, metric): the arm against single-task; primary rows first."""
+    cols = [
+        "arm",
+        "test metric",
+        "role",
+        "arm mean ± sd",
+        "single-task mean ± sd",
+        "arm - single-task (points)",
+        "95 % CI",
+        "p (permutation)",
+        "p (Holm)",
+    ]
+    rows = [
+        [
+            _label(c.arm),
+            c.name,
+            "primary" if c.primary else "exploratory",
+            fmt_ms(c.per_seed[c.arm]),
+            fmt_ms(c.per_seed[REFERENCE]),
+            fmt_points(c.diff),
+            f"{fmt_points(c.low)} to {fmt_points(c.high)}",
+            stats.format_p(c.p_value),
+            "" if c.p_holm is None else stats.format_p(c.p_holm),
+        ]
+        for c in comparisons
+    ]
+    return Table(cols, rows)
+
+
+def needs_table(inp: Inputs) -> Table:
+    """What each arm trains with and needs at inference (image only, or image plus patient metadata)."""
+    configs = inp.summary.get("configs") or {}
+    rows = []
+    for arm in inp.arms:
+        spec = arms_mod.ARMS[arm]
+        needs = arms_mod.needs(configs[arm]) if arm in configs else spec.inputs
+        target = "lesion + body site (auxiliary head)" if spec.multitask else "lesion only"
+        rows.append([f"{_label(arm)} (`{arm}`)", target, needs])
+    return Table(["arm", "trained targets", "needs at inference"], rows)
+
+
 def _seed_table(inp: Inputs, comparisons: list[Comparison]) -> Table:
-    cols = [f"{c.name} ({'MTL' if arm == 'mtl' else 'single'})" for c in comparisons for arm in ARMS]
-    rows = [[s, *(f"{c.per_seed[arm][i]:.3f}" for c in comparisons for arm in ARMS)] for i, s in enumerate(inp.seeds)]
+    metrics = list(dict.fromkeys((c.key, c.name) for c in comparisons))
+    per_seed: dict[tuple[str, str], list[float]] = {}
+    for c in comparisons:
+        for arm, values in c.per_seed.items():
+            per_seed[c.key, arm] = values
+    cols = [f"{name} ({_short(arm)})" for _, name in metrics for arm in inp.arms]
+    rows = [
+        [s, *(f"{per_seed[key, arm][i]:.3f}" for key, _ in metrics for arm in inp.arms)]
+        for i, s in enumerate(inp.seeds)
+    ]
     return Table(["seed", *cols], rows)
 
 
-def _explain(inp: Inputs, comparisons: list[Comparison], mc: dict, notes: list[str]) -> Bullets:
-    method = "exact binomial" if mc["method"] == "exact" else "chi-square, continuity-corrected"
-    p_mc = _eq(stats.format_p(mc["p_value"]))
-    baseline = BASELINE.get(
-        str(inp.summary.get("baseline_kind")), "summary.json does not say how the baseline was chosen."
-    )
+def _baseline_text(inp: Inputs) -> str:
+    kind = str(inp.summary.get("baseline_kind"))
+    if inp.compared == (MTL,):
+        return BASELINE.get(kind, "summary.json does not say how the baseline was chosen.")
+    primary = _label(str(inp.summary.get("primary_arm") or MTL))
+    text = ARMS_BASELINE.get(kind, "summary.json does not say how the arms' configurations were chosen.")
+    return text.format(primary=primary)
+
+
+def _explain(inp: Inputs, comparisons: list[Comparison], mc: dict[str, dict], notes: list[str]) -> Bullets:
     main = _primary(comparisons)
     if inp.groups is None:
         units = f"the {len(inp.lesion)} test images (their lesion ids are not in the predictions: each image is "
@@ -96,6 +191,28 @@ def _explain(inp: Inputs, comparisons: list[Comparison], mc: dict, notes: list[s
         if len(inp.seeds) < FEW_SEEDS
         else []
     )
+    several = len(inp.compared) > 1
+    if several:
+        names = ", ".join(_label(a) for a in inp.compared)
+        decides = (
+            f"Each arm ({names}) is compared with single-task. Each verdict rests on one primary metric, the search "
+            f"objective ({main.name}); it needs both the CI to exclude 0 and p < 0.05, where p is Holm-adjusted over "
+            f"the {len(inp.compared)} arms' primary comparisons (the family-wise error of the arm comparisons is "
+            "5 %; the CIs are not adjusted). The other metrics are exploratory; their p-values are Holm-adjusted "
+            "over every arm and metric."
+        )
+    else:
+        decides = (
+            f"The verdict rests on one primary metric, the search objective ({main.name}); it needs both the CI to "
+            "exclude 0 and p < 0.05. The other metrics are exploratory; their p-values are Holm-adjusted."
+        )
+    mcnemar = []
+    for arm, m in mc.items():
+        method = "exact binomial" if m["method"] == "exact" else "chi-square, continuity-corrected"
+        mcnemar.append(
+            f"{m['b']} predictions right only with {_label(arm)}, {m['c']} right only with single-task; "
+            f"p {_eq(stats.format_p(m['p_value']))} ({method})"
+        )
     return Bullets(
         [
             f"What is estimated: {ESTIMAND}. The CI is a two-level paired bootstrap: each resample draws the "
@@ -103,38 +220,43 @@ def _explain(inp: Inputs, comparisons: list[Comparison], mc: dict, notes: list[s
             "The p-value is a permutation test that swaps the two models' predictions within each (seed, lesion) "
             "cell. Both use the mean over seeds of the difference; sd is over seeds.",
             *few,
-            f"The verdict rests on one primary metric, the search objective ({main.name}); it needs both the CI to "
-            "exclude 0 and p < 0.05. The other metrics are exploratory; their p-values are Holm-adjusted.",
-            f"Exploratory: McNemar on accuracy, pooled over seeds: {mc['b']} predictions right only with MTL, "
-            f"{mc['c']} right only with single-task; p {p_mc} ({method}). It treats every image and seed as "
-            "independent, so this p is optimistic.",
-            baseline,
+            decides,
+            f"Exploratory: McNemar on accuracy, pooled over seeds: {'; '.join(mcnemar)}. It treats every image and "
+            "seed as independent, so this p is optimistic.",
+            _baseline_text(inp),
             *notes,
         ]
     )
 
 
-def headline(inp: Inputs, comparisons: list[Comparison], mc: dict, notes: list[str], out: Path) -> Section:
-    main = _primary(comparisons)
-    sentence = stats.verdict(
-        main.diff, main.low, main.high, main.p_value, metric_name=main.name, test="paired permutation test"
-    )
-    label = {c.name: f"{c.name}\n({'primary' if c.primary else 'exploratory'})" for c in comparisons}
-    fig = plots.headline(
-        {label[c.name]: c.per_seed for c in comparisons},
-        {label[c.name]: {"diff": c.diff, "low": c.low, "high": c.high} for c in comparisons},
-        out / "headline.png",
-    )
+def _verdict(c: Comparison, several: int) -> str:
+    test = "paired permutation test" + (f" (Holm-adjusted over {several} arms)" if c.p_holm is not None else "")
+    sentence = stats.verdict(c.diff, c.low, c.high, c.p_decides, metric_name=c.name, test=test)
+    return sentence if c.arm == MTL else sentence.replace("MTL", _label(c.arm))
+
+
+def headline(inp: Inputs, comparisons: list[Comparison], mc: dict[str, dict], notes: list[str], out: Path) -> Section:
+    sentences = [Text(_verdict(_primary(comparisons, arm), len(inp.compared)), strong=True) for arm in inp.compared]
+    several = len(inp.compared) > 1
+    metric_label = {c.key: f"{c.name}\n({'primary' if c.primary else 'exploratory'})" for c in comparisons}
+    per_seed: dict[str, dict[str, list[float]]] = {}
+    diffs: dict[str, dict[str, dict]] = {}
+    for c in comparisons:
+        per_seed.setdefault(metric_label[c.key], {}).update(c.per_seed)
+        diffs.setdefault(metric_label[c.key], {})[c.arm] = {"diff": c.diff, "low": c.low, "high": c.high}
+    fig = plots.headline(per_seed, diffs, out / "headline.png", order=list(inp.arms))
     caption = (
-        "Test metrics per model (dots: seeds) and the paired difference with its 95 % two-level bootstrap CI "
-        "(seeds and lesions resampled)"
+        "Test metrics per model (dots: seeds) and the paired difference with single-task, with its 95 % two-level "
+        "bootstrap CI (seeds and lesions resampled)"
     )
     return Section(
-        TITLES["headline"],
+        headline_title(inp),
         [
-            Text(sentence, strong=True),
-            _headline_table(comparisons),
+            *sentences,
+            _arms_table(comparisons) if several else _two_arm_table(comparisons),
             Figure(fig, caption),
+            Heading("What each arm needs at inference"),
+            needs_table(inp),
             Heading("How to read this"),
             _explain(inp, comparisons, mc, notes),
             Heading("Per seed"),
@@ -150,44 +272,66 @@ def _counts_by_seed(inp: Inputs, arm: str, fn, *args) -> tuple[np.ndarray, np.nd
 
 
 def _rate_rows(
-    labels: list[str], n: np.ndarray, correct: dict[str, np.ndarray], intervals: list[dict | None]
+    inp: Inputs, labels: list[str], n: np.ndarray, correct: dict[str, np.ndarray], intervals: dict[str, list]
 ) -> tuple[list, dict]:
-    rates = {arm: np.where(n > 0, correct[arm] / np.maximum(n, 1), np.nan) for arm in ARMS}
+    """Rows of a per-class or per-site table. Two arms: per arm the correct counts per seed and the rate, then the
+    difference and its CI; more arms: per arm the rate, then per compared arm the difference with its CI."""
+    rates = {arm: np.where(n > 0, correct[arm] / np.maximum(n, 1), np.nan) for arm in inp.arms}
+    two = len(inp.compared) == 1
     rows = []
     for j, label in enumerate(labels):
         cells = [label, int(n[j])]
-        for arm in ARMS:
-            cells += [
-                ", ".join(str(int(k)) for k in correct[arm][:, j]),
-                fmt_ms(rates[arm][:, j]) if n[j] else "n/a",
-            ]
-        ci = intervals[j]
-        if ci is None:
-            rows.append([*cells, "n/a", "n/a"])
-        else:
-            rows.append([*cells, fmt_points(ci["diff"]), f"{fmt_points(ci['low'])} to {fmt_points(ci['high'])}"])
+        for arm in inp.arms:
+            if two:
+                cells.append(", ".join(str(int(k)) for k in correct[arm][:, j]))
+            cells.append(fmt_ms(rates[arm][:, j]) if n[j] else "n/a")
+        for arm in inp.compared:
+            ci = intervals[arm][j]
+            if two:
+                cells += ["n/a", "n/a"] if ci is None else [fmt_points(ci["diff"]), _ci(ci)]
+            else:
+                cells.append("n/a" if ci is None else f"{fmt_points(ci['diff'])} ({_ci(ci)})")
+        rows.append(cells)
     return rows, rates
 
 
-def _rate_cols(group: str, rate: str) -> list[str]:
+def _ci(ci: dict) -> str:
+    return f"{fmt_points(ci['low'])} to {fmt_points(ci['high'])}"
+
+
+def _rate_cols(inp: Inputs, group: str, rate: str) -> list[str]:
+    if len(inp.compared) == 1:
+        arm = _label(inp.compared[0])
+        return [
+            group,
+            "test images",
+            f"{arm} correct (per seed)",
+            f"{arm} {rate}",
+            "single-task correct (per seed)",
+            f"single-task {rate}",
+            f"Δ {rate} (points)",
+            "95 % CI (exploratory)",
+        ]
     return [
         group,
         "test images",
-        "MTL correct (per seed)",
-        f"MTL {rate}",
-        "single-task correct (per seed)",
-        f"single-task {rate}",
-        f"Δ {rate} (points)",
-        "95 % CI (exploratory)",
+        *(f"{_label(arm)} {rate}" for arm in inp.arms),
+        *(f"Δ {_label(arm)} (points, 95 % CI, exploratory)" for arm in inp.compared),
     ]
+
+
+def _vs(inp: Inputs) -> str:
+    return ", ".join(_label(a) for a in inp.arms[:-1]) + f" and {_label(inp.arms[-1])}"
 
 
 def per_class(inp: Inputs, out: Path) -> Section:
     k = len(inp.lesion_classes)
-    counts = {arm: _counts_by_seed(inp, arm, stats.class_recall_counts, k) for arm in ARMS}
-    n = counts["mtl"][0]
-    intervals = rate_intervals(inp, [inp.lesion == c for c in range(k)])
-    rows, rates = _rate_rows(inp.lesion_classes, n, {arm: c for arm, (_, c) in counts.items()}, intervals)
+    counts = {arm: _counts_by_seed(inp, arm, stats.class_recall_counts, k) for arm in inp.arms}
+    n = counts[inp.arms[0]][0]
+    masks = [inp.lesion == c for c in range(k)]
+    intervals = {arm: rate_intervals(inp, masks, arm) for arm in inp.compared}
+    correct = {arm: c for arm, (_, c) in counts.items()}
+    rows, rates = _rate_rows(inp, inp.lesion_classes, n, correct, intervals)
     fig = plots.grouped_rates(
         inp.lesion_classes,
         n,
@@ -201,26 +345,31 @@ def per_class(inp: Inputs, out: Path) -> Section:
         [
             Text(
                 "Counts, not only rates: for a rare class one image moves the recall by a lot. "
-                "'correct (per seed)' lists how many of the class's test images each seed's model got right. "
-                "The Δ's CI is the two-level bootstrap of the headline, per class: exploratory, not adjusted "
+                + (
+                    "'correct (per seed)' lists how many of the class's test images each seed's model got right. "
+                    if len(inp.compared) == 1
+                    else ""
+                )
+                + "The Δ's CI is the two-level bootstrap of the headline, per class: exploratory, not adjusted "
                 "for the number of classes."
             ),
-            Table(_rate_cols("class", "recall"), rows),
-            Figure(fig, "Recall per class, MTL vs single-task"),
+            Table(_rate_cols(inp, "class", "recall"), rows),
+            Figure(fig, f"Recall per class, {_vs(inp)}"),
         ],
     )
 
 
 def per_site(inp: Inputs, out: Path) -> Section:
     s = len(inp.site_classes)
-    counts = {arm: _counts_by_seed(inp, arm, stats.site_accuracy_counts, inp.site, s) for arm in ARMS}
-    n = counts["mtl"][0]
+    counts = {arm: _counts_by_seed(inp, arm, stats.site_accuracy_counts, inp.site, s) for arm in inp.arms}
+    n = counts[inp.arms[0]][0]
     keep = [j for j in range(s + 1) if n[j] > 0]  # the "missing" slot only when some site is missing
     labels = [[*inp.site_classes, "(missing)"][j] for j in keep]
     correct = {arm: c[:, keep] for arm, (_, c) in counts.items()}
     slot = np.where(inp.site < 0, s, inp.site)
-    intervals = rate_intervals(inp, [slot == j for j in keep])
-    rows, rates = _rate_rows(labels, n[keep], correct, intervals)
+    masks = [slot == j for j in keep]
+    intervals = {arm: rate_intervals(inp, masks, arm) for arm in inp.compared}
+    rows, rates = _rate_rows(inp, labels, n[keep], correct, intervals)
     fig = plots.grouped_rates(
         labels,
         n[keep],
@@ -233,10 +382,10 @@ def per_site(inp: Inputs, out: Path) -> Section:
         TITLES["sites"],
         [
             Text(
-                "Where the site task should help: lesion-diagnosis accuracy of both models split by the "
-                "image's true body site."
+                "Where the site should help (as a target or as an input): lesion-diagnosis accuracy of each model "
+                "split by the image's true body site."
             ),
-            Table(_rate_cols("site", "accuracy"), rows),
+            Table(_rate_cols(inp, "site", "accuracy"), rows),
             Figure(fig, "Lesion accuracy per body site"),
         ],
     )
@@ -245,7 +394,7 @@ def per_site(inp: Inputs, out: Path) -> Section:
 def confusion(inp: Inputs, out: Path) -> Section:
     k = len(inp.lesion_classes)
     zero = np.zeros((k, k), dtype=np.int64)
-    cms = {arm: sum((confusion_matrix(inp.lesion, p, k) for p in inp.preds(arm)), zero) for arm in ARMS}
+    cms = {arm: sum((confusion_matrix(inp.lesion, p, k) for p in inp.preds(arm)), zero) for arm in inp.arms}
     fig = plots.confusion(cms, inp.lesion_classes, len(inp.seeds), out / "confusion.png")
     return Section(
         TITLES["confusion"],
@@ -254,7 +403,7 @@ def confusion(inp: Inputs, out: Path) -> Section:
                 f"Rows: true class, columns: predicted; counts summed over the {len(inp.seeds)} seeds, "
                 "colour = share of the row."
             ),
-            Figure(fig, "Confusion matrices, MTL (left) and single-task (right)"),
+            Figure(fig, f"Confusion matrices, left to right: {_vs(inp)}"),
         ],
     )
 
@@ -262,19 +411,24 @@ def confusion(inp: Inputs, out: Path) -> Section:
 def site_head(inp: Inputs, table: pd.DataFrame) -> Section:
     known = int((inp.site >= 0).sum())
     rows = []
+    heads = [arm for arm in inp.arms if arms_mod.ARMS[arm].multitask]
     for key, label in (("test/site_acc", "site accuracy"), ("test/site_bacc", "site balanced accuracy")):
-        sel = table[(table["arm"] == "mtl") & (table["metric"] == key)].sort_values("seed")["value"]
-        if len(sel):
-            rows.append([label, fmt_ms(sel), ", ".join(f"{v:.3f}" for v in sel)])
+        for arm in heads:
+            sel = table[(table["arm"] == arm) & (table["metric"] == key)].sort_values("seed")["value"]
+            if len(sel):
+                rows.append([label, _label(arm), fmt_ms(sel), ", ".join(f"{v:.3f}" for v in sel)])
     if not rows:
-        return Section(TITLES["site_head"], [Text("The MTL predictions hold no site probabilities.")])
+        return Section(TITLES["site_head"], [Text("No arm's predictions hold site probabilities.")])
+    without = [_label(a) for a in inp.arms if a not in heads]
     return Section(
         TITLES["site_head"],
         [
             Text(
-                f"The MTL model's body-site head on the {known} test images with a known site "
-                f"({len(inp.site) - known} without one are left out). The single-task model has no site head."
+                f"The body-site head of the arms that train one, on the {known} test images with a known site "
+                f"({len(inp.site) - known} without one are left out). {' and '.join(without)} ha"
+                f"{'s' if len(without) == 1 else 've'} no site head. With metadata inputs the site head still "
+                "predicts from the image features only."
             ),
-            Table(["metric", "MTL mean ± sd", "per seed"], rows),
+            Table(["metric", "arm", "mean ± sd", "per seed"], rows),
         ],
     )

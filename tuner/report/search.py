@@ -1,6 +1,6 @@
 """What the search did: trial outcomes, the best trial and its edge-of-range parameters, Optuna's parameter
-importances (on an in-memory study rebuilt from ``tune/results.parquet``) and the compute spent; and, with a
-tuned baseline, its own search beside the MTL search (:func:`searches`: budgets, trials, what each spent).
+importances (on an in-memory study rebuilt from ``tune/results.parquet``) and the compute spent; and, with tuned
+arms, each arm's own search beside the experiment's (:func:`searches`: budgets, trials, what each spent).
 
 The results table holds Tune's trial config, in which ``scale_by`` parameters are already multiplied by their
 factor; the study gets the base value back (value / factor), as Optuna sampled it.
@@ -20,13 +20,16 @@ import pandas as pd
 
 from search_spaces import Param, SearchSpace, load_space
 from trainables.errors import UserError
-from tuner.layout import MTL, SEARCH_TITLES, SINGLE_TASK, tune_name
+from tuner.arms import MTL, SINGLE_TASK
 from tuner.results import SEARCH_RECORD, budget_differences
 
 BASELINE_LABELS = {
     "ablation": "ablation (MTL's best configuration with the site head off)",
     "tuned": "tuned (the best trial of its own single-task search, with the MTL search's budget)",
 }
+# the searches of a summary.json written before named arms: (folder, title)
+OLD_SEARCHES = {MTL: ("tune", "MTL search"), SINGLE_TASK: ("tune_single_task", "single-task baseline search")}
+SEARCH_TITLES = {arm: title for arm, (_, title) in OLD_SEARCHES.items()}
 
 STATUSES = ("completed", "stopped_early", "diverged", "error")
 USABLE = ("completed", "stopped_early")  # trials with an objective value Optuna may learn from
@@ -186,12 +189,13 @@ def compute(
     metrics: dict[str, list[dict]],
     workers: int,
     gpu: bool,
-    baseline_trials: pd.DataFrame | None = None,
+    baseline_trials: pd.DataFrame | dict[str, pd.DataFrame | None] | None = None,
 ) -> list[dict]:
-    """Trial-epochs, wall hours and (with GPUs) GPU-hours of the search, the tuned baseline's search (when given)
-    and the retraining."""
+    """Trial-epochs, wall hours and (with GPUs) GPU-hours of the search, the other tuned arms' searches (when given:
+    the single-task baseline's trials, or {title: trials}) and the retraining."""
     rows = []
-    for stage, table in (("search", trials), ("single-task baseline search", baseline_trials)):
+    others = baseline_trials if isinstance(baseline_trials, dict) else {"single-task baseline search": baseline_trials}
+    for stage, table in (("search", trials), *others.items()):
         if table is not None:
             rows.append((stage, float(table["epochs"].fillna(0).sum()), float(table["wall_s"].fillna(0).sum())))
     runs = [m for arm in metrics.values() for m in arm]
@@ -218,6 +222,7 @@ class ArmSearch:
     title: str
     trials: pd.DataFrame | None
     record: dict | None
+    own: bool = False  # the experiment's own search (tune/), not derived for another arm
 
 
 def _read_search(folder: Path) -> tuple[pd.DataFrame | None, dict | None]:
@@ -231,18 +236,33 @@ def _read_search(folder: Path) -> tuple[pd.DataFrame | None, dict | None]:
 
 
 def searches(experiment_dir: Path, summary: dict) -> dict[str, ArmSearch]:
-    """The MTL search and, when there is one, the tuned baseline's: this experiment's ``tune_single_task/``, or
-    the other experiment's search retrain used (``summary.json``: ``baseline_search``, ``budgets``)."""
+    """The experiment's own search and, with tuned arms, each arm's (this experiment's ``tune_<arm>/``, or for the
+    single-task arm another experiment's search that retrain used), as ``summary.json`` lists them (``searches``,
+    ``search_titles``, ``budgets``; before named arms: ``tune/`` and ``tune_single_task/``). A search folder is
+    read under this experiment folder by its name (the experiment may have been moved or copied down), else at
+    the recorded path (another experiment's, readable when local). The experiment's own search comes first."""
     budgets = summary.get("budgets") or {}
+    titles = summary.get("search_titles") or {}
+    listed = summary.get("searches")
+    places: dict[str, tuple[str | None, str | None]]  # arm -> (folder in this experiment, another's path)
+    if listed:  # a folder of this experiment by name; another experiment's search by its path or URI
+        places = {arm: (None, w) if "/" in w else (w, None) for arm, w in ((a, str(w)) for a, w in listed.items())}
+    else:
+        places = {arm: (folder, None) for arm, (folder, _) in OLD_SEARCHES.items()}
+        if summary.get("baseline_search"):
+            places[SINGLE_TASK] = (places[SINGLE_TASK][0], str(summary["baseline_search"]))
+    own = [a for a, (folder, _) in places.items() if folder == "tune"]
     found = {}
-    for arm in (MTL, SINGLE_TASK):
-        trials, record = _read_search(experiment_dir / tune_name(arm))
-        if arm == SINGLE_TASK and trials is None and summary.get("baseline_search"):
-            other = Path(str(summary["baseline_search"]))  # another experiment's search (readable when local)
-            trials, record = _read_search(other) if other.is_dir() else (None, None)
+    for arm in [*own, *(a for a in places if a not in own)]:
+        folder, recorded = places[arm]
+        trials, record = _read_search(experiment_dir / folder) if folder else (None, None)
+        other = Path(recorded) if recorded else None
+        if trials is None and other is not None and other.is_dir():
+            trials, record = _read_search(other)  # another experiment's search (readable when local)
         record = record or budgets.get(arm)
         if trials is not None or record is not None:
-            found[arm] = ArmSearch(arm, SEARCH_TITLES[arm], trials, record)
+            title = titles.get(arm) or SEARCH_TITLES.get(arm) or f"{arm} search"
+            found[arm] = ArmSearch(arm, title, trials, record, own=folder == "tune")
     return found
 
 
@@ -286,7 +306,11 @@ def budget_rows(found: dict[str, ArmSearch]) -> list[list[str]]:
         name = (s.record or {}).get("search_space")
         if name is None:
             return "n/a"
-        return f"`{name}`" if s.arm == MTL else f"`{name}` minus its scientific parameters, multitask: false"
+        if s.own or (s.arm == MTL and not any(x.own for x in arms)):
+            return f"`{name}`"
+        if s.arm == SINGLE_TASK:
+            return f"`{name}` minus its scientific parameters, multitask: false"
+        return f"`{name}` turned into the {s.arm} arm's (tuner/arms.py)"
 
     return [
         ["search space", *(space(s) for s in arms)],
@@ -305,16 +329,31 @@ def budget_rows(found: dict[str, ArmSearch]) -> list[list[str]]:
 
 
 def budget_notes(found: dict[str, ArmSearch]) -> list[str]:
-    """What keeps the two searches from being an equal-budget pair, if anything."""
-    mtl, single = found.get(MTL), found.get(SINGLE_TASK)
-    if mtl is None or single is None:
+    """What keeps the searches from having equal budgets, if anything (each compared with the experiment's own)."""
+    searches = list(found.values())
+    own = next((s for s in searches if s.own), found.get(MTL) or (searches[0] if searches else None))
+    others = [s for s in searches if s is not own]
+    if own is None or not others:
         return []
-    if mtl.record is None or single.record is None:
+    if own.record is None or any(s.record is None for s in others):
         return ["A search has no search.json (it ran before skintune recorded budgets): equal budgets not checked."]
-    differences = budget_differences(mtl.record, single.record)
-    if differences:
-        return [f"The searches' budgets differ (baseline vs MTL): {'; '.join(differences)}."]
+    notes = []
+    for s in others:
+        assert s.record is not None and own.record is not None
+        differences = budget_differences(own.record, s.record)
+        if differences:
+            who = "baseline" if s.arm == SINGLE_TASK and len(others) == 1 else s.arm
+            notes.append(f"The searches' budgets differ ({who} vs {own.arm}): {'; '.join(differences)}.")
+    if notes:
+        return notes
+    if len(others) == 1 and others[0].arm == SINGLE_TASK:
+        return [
+            "Both searches had the same budget, sampler and seed, scheduler and prepared data (search.json); the "
+            "baseline's search space is the MTL space minus its scientific parameters, with the site head off."
+        ]
     return [
-        "Both searches had the same budget, sampler and seed, scheduler and prepared data (search.json); the "
-        "baseline's search space is the MTL space minus its scientific parameters, with the site head off."
+        f"All {len(searches)} searches had the same budget, sampler and seed, scheduler and prepared data "
+        "(search.json); each arm's search space is the experiment's turned into the arm's: the site task's "
+        "scientific parameters only where the site is a target, the metadata branch's parameters only where "
+        "metadata are inputs."
     ]
