@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,7 +298,9 @@ def _evaluate(pred: Predicted, bundle, lesion_map, site_map, dataset_lesion, dat
 
 def _ci_fn(n_boot: int, groups: np.ndarray) -> Callable:
     def ci(y, probs, metric_fn) -> dict:
-        return stats.bootstrap_ci(y, probs, metric_fn, n_boot=n_boot, seed=0, level=LEVEL, groups=groups)
+        with warnings.catch_warnings():  # a resample without some class: that class is left out of its mean
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return stats.bootstrap_ci(y, probs, metric_fn, n_boot=n_boot, seed=0, level=LEVEL, groups=groups)
 
     return ci
 
@@ -330,7 +333,12 @@ def _site_metrics(pred: Predicted, keep, site_map, dataset_site, model_site, n_b
 
 
 def _plot_confusion(cm: np.ndarray, rows: list[str], columns: list[str], path: Path) -> None:
-    from tuner.report.plots import _save, plt
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(0.6 * len(columns) + 2.4, 0.5 * len(rows) + 2.0))
     totals = cm.sum(axis=1, keepdims=True)
@@ -345,7 +353,11 @@ def _plot_confusion(cm: np.ndarray, rows: list[str], columns: list[str], path: P
     ax.set_xlabel("predicted (argmax of predictions.csv)")
     ax.set_ylabel("true")
     ax.set_title("confusion matrix (colour: share of the row)", fontsize=10)
-    _save(fig, path)
+    fig.tight_layout()
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    storage.write_bytes(str(path), image.getvalue())
 
 
 def _fmt_ci(value: dict | None) -> str:
