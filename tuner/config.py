@@ -131,6 +131,13 @@ class TrainSection(TrainConfig):
 
 class RetrainSection(_Strict):
     seeds: int = Field(5, ge=1, description="training runs per arm; below 5 the seed variance is poorly estimated")
+    tta: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="test-time views of the test evaluation: 1 = off; 2-8 average the softmax over flips and 90-degree "
+        "rotations (trainables/tta.py); recorded in each run's metrics.json",
+    )
 
 
 ARM_NAMES = ("mtl", "meta", "mtl_meta", "single_task")  # tuner/arms.py says what each trains and takes
