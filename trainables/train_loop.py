@@ -35,7 +35,7 @@ from torch.utils.data.distributed import DistributedSampler
 from trainables import storage
 from trainables.checkpoint import load_meta, load_train_state, load_weights, save_checkpoint, unwrap
 from trainables.config import TrainConfig, parse_train_config
-from trainables.data.loader import DeviceDecoded, ShardDataset, collate_encoded
+from trainables.data.loader import DeviceDecoded, ShardDataset, batched, collate_encoded
 from trainables.data.prepare import load_info
 from trainables.evaluate import predict, rank_slice, split_metrics
 from trainables.factory import ModelParts, build_parts
@@ -106,7 +106,7 @@ def _loaders(
     )
     val = DataLoader(rank_slice(val_set, rank, world), batch_size=2 * cfg.batch_size, **common)
     if encoded:
-        return DeviceDecoded(train, train_tf, decode_on), DeviceDecoded(val, val_tf, decode_on)
+        return DeviceDecoded(train, batched(train_tf), decode_on), DeviceDecoded(val, val_tf, decode_on)
     return prepare_data_loader(train, add_dist_sampler=False), val
 
 

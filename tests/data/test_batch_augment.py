@@ -347,3 +347,41 @@ def test_a_large_shrink_is_supersampled_like_an_antialiased_resize():
     err_plain = (plain.apply(image, p)[0] - expected).abs().mean()
     err_smooth = (smooth.apply(image, p)[0] - expected).abs().mean()
     assert err_smooth < 0.6 * err_plain, (float(err_smooth), float(err_plain))
+
+
+# ----- the gpu_decode loader -----
+
+
+def test_gpu_decode_loaders_augment_a_batch_at_once(smoke_data):
+    """train.gpu_decode's training loader (the Train loop's own, here on the CPU device: on a GPU it is the same
+    code) augments with BatchAugment: batches of the loader's shape and labels, new draws each epoch, the same
+    batches again from the same global seed; the validation loader keeps its plain transform."""
+    from trainables.config import TrainConfig
+    from trainables.data.loader import DeviceDecoded, batched
+    from trainables.data.prepare import load_info
+    from trainables.factory import build_parts
+    from trainables.train_loop import _loaders
+
+    _, prepared = smoke_data
+    cfg = TrainConfig(prepared=prepared, backbone="test_efficientnet", pretrained=False, batch_size=8, image_size=40)
+    parts = build_parts(cfg, load_info(prepared))
+    torch.manual_seed(0)
+    train, val = _loaders(cfg, prepared, parts, 0, 1, on_gpu=False, decode_on=torch.device("cpu"))
+    assert isinstance(train, DeviceDecoded) and isinstance(val, DeviceDecoded)
+    assert isinstance(train.transform, BatchAugment) and not isinstance(val.transform, BatchAugment)
+    assert train.transform.settings.size == 40 and train.transform.settings.mean is not None
+    epochs = []
+    for _ in range(2):
+        torch.manual_seed(0)  # the same global seed before each epoch (the sampler: the same order)
+        train.sampler.set_epoch(0)
+        epochs.append(list(train))
+    torch.manual_seed(5)
+    train.sampler.set_epoch(0)
+    other = list(train)
+    first, again = epochs
+    assert len(first) == len(train) > 1
+    for (x, lesion, site), (y, lesion2, _), (z, lesion3, _) in zip(first, again, other, strict=True):
+        assert x.shape == (len(lesion), 3, 40, 40) and x.dtype == torch.float32 and site.dtype == torch.int64
+        assert torch.equal(x, y) and torch.equal(lesion, lesion2) and torch.equal(lesion, lesion3)
+        assert not torch.equal(x, z)  # another epoch's global seed: other draws
+    assert batched(parts.eval_transform) is parts.eval_transform  # only the training augmentation is batched

@@ -114,6 +114,10 @@ class BatchAugment:
     def __repr__(self) -> str:
         return f"BatchAugment({self.settings!r})"
 
+    def reseed(self, seed: int) -> None:
+        """Start a new stream of draws (:class:`~trainables.data.loader.DeviceDecoded` does, each epoch)."""
+        self.generator.manual_seed(seed)
+
     # ----- draws -----
 
     def _uniform(self, shape: tuple, low: float, high: float) -> torch.Tensor:

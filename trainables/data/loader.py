@@ -158,12 +158,15 @@ class DeviceDecoded:
     """Wraps a DataLoader of encoded batches (``ShardDataset(encoded=True)`` with :func:`collate_encoded`) and yields
     ``(images, lesion, site)`` on ``device`` (and ``meta`` where the items have it: the plain loader's tuple): each
     batch's JPEGs decoded there in one call (nvJPEG on a GPU, ``torchvision.io.decode_jpeg(device=...)``), then
-    transformed there a batch at a time (:meth:`transform_batch`). The option ``train.gpu_decode`` moves decoding and
-    augmentation off the CPU cores, for a GPU they cannot keep busy.
+    transformed there a batch at a time (:meth:`transform_batch`; for training, :func:`batched`'s
+    :class:`~trainables.data.batch_augment.BatchAugment`). The option ``train.gpu_decode`` moves decoding and
+    augmentation off the CPU cores, for a GPU they cannot keep busy. On a CUDA device the next batch is decoded and
+    augmented on a side stream while the caller trains on the current one (:meth:`_prefetched`).
     Anything else (``len``, ``sampler``) is the wrapped loader's."""
 
-    def __init__(self, loader: DataLoader, transform, device: torch.device):
+    def __init__(self, loader: DataLoader, transform, device: torch.device, prefetch: bool = True):
         self.loader, self.transform, self.device = loader, transform, torch.device(device)
+        self.prefetch = prefetch
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -172,10 +175,42 @@ class DeviceDecoded:
         return getattr(self.loader, name)
 
     def __iter__(self):
+        if hasattr(self.transform, "reseed"):  # a new stream of draws each epoch, from torch's global generator
+            self.transform.reseed(int(torch.randint(2**62, ())))
+        if self.prefetch and self.device.type == "cuda":
+            yield from self._prefetched()
+            return
         for data, lengths, *labels in self.loader:
-            images = decode_jpeg(split_encoded(data, lengths), mode=ImageReadMode.RGB, device=self.device)
-            on = dict(device=self.device, non_blocking=True)
-            yield self.transform_batch(images), *(t.to(**on) for t in labels)
+            yield self._prepare(data, lengths, labels)
+
+    def _prepare(self, data: torch.Tensor, lengths: torch.Tensor, labels: list[torch.Tensor]) -> tuple:
+        images = decode_jpeg(split_encoded(data, lengths), mode=ImageReadMode.RGB, device=self.device)
+        return self.transform_batch(images), *(t.to(self.device, non_blocking=True) for t in labels)
+
+    def _prefetched(self):
+        """CUDA only (not run by the CPU tests): batch i + 1 is issued on a side stream before batch i is handed
+        over, so the GPU decodes and augments it while the caller's training step on batch i runs; the caller's
+        stream waits for the side stream's work on a batch before using it, and the batch's memory is marked as
+        used by the caller's stream (``record_stream``) so the allocator does not reuse it early."""
+        side = torch.cuda.Stream(device=self.device)
+        main = torch.cuda.current_stream(self.device)
+        batches = iter(self.loader)
+
+        def issue():
+            batch = next(batches, None)
+            if batch is None:
+                return None
+            data, lengths, *labels = batch
+            with torch.cuda.stream(side):
+                return self._prepare(data, lengths, labels)
+
+        ahead = issue()
+        while ahead is not None:
+            main.wait_stream(side)
+            for tensor in ahead:
+                tensor.record_stream(main)
+            current, ahead = ahead, issue()
+            yield current
 
     def transform_batch(self, images: list[torch.Tensor]) -> torch.Tensor:
         """One call per step for the whole batch: :meth:`TrainAugment.batch` for training; the evaluation
@@ -187,6 +222,15 @@ class DeviceDecoded:
         if len({image.shape for image in images}) == 1:
             return self.transform(torch.stack(images))
         return torch.stack([self.transform(image) for image in images])
+
+
+def batched(transform):
+    """The transform :class:`DeviceDecoded` applies to a training batch on a GPU: a :class:`TrainAugment` becomes
+    its :class:`~trainables.data.batch_augment.BatchAugment` (a fixed number of batched tensor operations, the same
+    distributions); any other transform is kept."""
+    from trainables.data.batch_augment import BatchAugment
+
+    return BatchAugment(transform) if isinstance(transform, TrainAugment) else transform
 
 
 def make_loader(
