@@ -12,7 +12,12 @@ A bundle folder holds :data:`BUNDLE_FILES`::
 
 ``format_version`` 1 is the only version so far; bundles written before this module existed have the same
 ``config.json`` and load unchanged. Fields added since (``metadata_inputs``, ``fusion_width``, ``metadata_sites``,
-``inputs``) have defaults that describe an image-only model, so older bundles still load as what they are.
+``inputs``, ``temperature``) have defaults that describe an image-only, uncalibrated model, so older bundles still
+load as what they are.
+
+``temperature``: the lesion head's temperature scaling (:mod:`trainables.calibration`), fitted on the validation
+split at export; predict and evaluate divide the lesion logits by it before the softmax (the traced and eager
+networks return the raw logits).
 
 A model with metadata inputs (``train.metadata_inputs``: site, age, sex) takes two inputs, the image and a
 ``(batch, 3)`` float tensor of raw codes (:mod:`trainables.metadata`); its TorchScript file is traced with both.
@@ -46,7 +51,10 @@ INPUTS_METADATA = (
     "(-1 = missing), age in years (NaN = missing), sex index 0 female / 1 male (-1 = missing)); fields not in "
     "metadata_inputs are ignored"
 )
-OUTPUTS = "(lesion_logits [B, num_lesion_classes], site_logits [B, num_site_classes]); softmax each"
+OUTPUTS = (
+    "(lesion_logits [B, num_lesion_classes], site_logits [B, num_site_classes]); softmax each, the lesion logits "
+    "divided by temperature first"
+)
 
 
 class BundleConfig(BaseModel):
@@ -76,6 +84,9 @@ class BundleConfig(BaseModel):
     fusion_width: int = Field(64, ge=1, description="width of the metadata MLP (with metadata_inputs)")
     metadata_sites: list[str] = Field(
         default_factory=list, description="the site input's vocabulary (one-hot index order); empty without it"
+    )
+    temperature: float = Field(
+        1.0, gt=0.0, description="lesion logits are divided by it before the softmax (temperature scaling; 1: none)"
     )
     weights_source: str | None = None
     dataset_fingerprint: str | None = None

@@ -217,6 +217,8 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         backend=args.backend,
         batch_size=args.batch_size,
         metadata=metadata,
+        fmt=args.format,
+        tta=args.tta,
     )
 
 
@@ -464,14 +466,16 @@ def _add_predict(sub) -> None:
         help="classify images with an exported bundle: lesion and body-site probabilities",
         description="Print (or write as CSV/JSON) each image's lesion and site probabilities and top classes, "
         "with the same preprocessing as validation. Loads model.safetensors (default) or the TorchScript file; "
-        "never unpickles. A model exported with metadata inputs (config.json metadata_inputs: site, age, sex) "
-        "also takes them, from --metadata FILE.csv or from --site/--age/--sex; a field not given is missing for "
-        "that image, predict says so, and the model takes its missing-value path (as trained with "
+        "never unpickles. Lesion logits are divided by the bundle's temperature (fitted on the validation split at "
+        "export) before the softmax. A model exported with metadata inputs (config.json metadata_inputs: site, "
+        "age, sex) also takes them, from --metadata FILE.csv or from --site/--age/--sex; a field not given is "
+        "missing for that image, predict says so, and the model takes its missing-value path (as trained with "
         "metadata_dropout). An image-only model ignores metadata, with a warning.",
         epilog="examples:\n  skintune predict --model results/demo/export data/synth-demo/ISIC_2019_Training_Input/"
         "ISIC_9000001.jpg\n  skintune predict --model bundle/ photos/*.jpg --output predictions.csv\n"
         "  skintune predict --model meta-bundle/ photos/*.jpg --metadata patients.csv   # image,site,age,sex\n"
-        "  skintune predict --model meta-bundle/ lesion.jpg --site 'head/neck' --age 62 --sex male\n\n"
+        "  skintune predict --model meta-bundle/ lesion.jpg --site 'head/neck' --age 62 --sex male\n"
+        "  skintune predict --model bundle/ test/*.jpg --format isic --tta 8 --output submission.csv\n\n"
         "metadata CSV: a header line with 'image' (the image's file name, with or without its suffix) and any of\n"
         "'site' (one of the model's sites, config.json metadata_sites), 'age' (years, 0-120) and 'sex'\n"
         "(female/male, f/m, any case); an empty cell or 'unknown' is missing. Every image needs a row.",
@@ -482,6 +486,16 @@ def _add_predict(sub) -> None:
     p.add_argument("--output", type=Path, default=None, help="write FILE.csv or FILE.json instead of printing")
     p.add_argument("--backend", choices=["safetensors", "torchscript"], default="safetensors")
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--format",
+        choices=["default", "isic"],
+        default="default",
+        help="isic: the ISIC challenge submission CSV (image, then the lesion classes in the ISIC 2019 order, UNK), "
+        "written to --output FILE.csv or printed",
+    )
+    p.add_argument(
+        "--tta", type=int, default=1, metavar="N", help="average over N flips/90-degree rotations (1-8; 1: none)"
+    )
     meta = p.add_argument_group("metadata inputs (models exported with metadata_inputs)")
     meta.add_argument(
         "--metadata", type=Path, default=None, metavar="FILE.csv", help="per-image metadata: image, site, age, sex"

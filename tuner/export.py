@@ -45,6 +45,7 @@ from safetensors.torch import save_model
 
 from trainables.checkpoint import load_meta, load_weights
 from trainables.config import TrainConfig, parse_train_config
+from trainables.data.loader import ShardDataset, build_transforms
 from trainables.errors import UserError
 from trainables.factory import build_parts
 from trainables.metadata import RAW_FIELDS
@@ -62,7 +63,7 @@ from tuner.bundle import (
     is_bundle,
 )
 from tuner.config import ExperimentConfig, TuneSection, load_experiment
-from tuner.export_metrics import build_metrics
+from tuner.export_metrics import build_metrics, calibration_entry
 from tuner.model_card import render_model_card
 
 TRACE_TOLERANCE = 1e-5
@@ -80,13 +81,17 @@ def export_model(experiment_dir: str, out: str | None = None, seed: int | None =
     ckpt = _checkpoint_dir(exp_dir, chosen, run)
     meta = load_meta(ckpt)
     cfg = parse_train_config(meta.get("config") or {}, source=f"{ckpt}/meta.json")
-    info = _dataset_info(exp_dir, experiment, cfg)
+    prepared, info = _prepared(exp_dir, experiment, cfg)
     model, config = _load_model(ckpt, meta, cfg, info)
     name = experiment.name if experiment else exp_dir.name
-    config = config.model_copy(update={"experiment": name, "seed": chosen, "checkpoint": str(ckpt)})
     labels = BundleLabels(lesion=meta["lesion_classes"], site=meta["site_classes"] if model.multitask else [])
     metrics = build_metrics(exp_dir, runs, chosen, labels.model_dump(), n_boot)
     metrics["selected_by"] = {"metric": metric, "mode": mode, "value": run["val"].get(metric), "named": seed}
+    val, reason = _val_logits(model, config, prepared, info, meta)
+    calibration = calibration_entry(val, reason, exp_dir / "retrain" / "mtl" / f"seed_{chosen}" / "predictions.parquet")
+    metrics["calibration"] = calibration
+    update = {"experiment": name, "seed": chosen, "checkpoint": str(ckpt), "temperature": calibration["temperature"]}
+    config = config.model_copy(update=update)
 
     target = Path(out).expanduser() if out else exp_dir / "export"
     _check_target(target, named=bool(out))
@@ -215,12 +220,41 @@ def _metadata_fields(inputs: tuple[str, ...], fusion_width: int, site_classes: l
     }
 
 
-def _dataset_info(exp_dir: Path, experiment: ExperimentConfig | None, cfg: TrainConfig) -> dict | None:
+def _prepared(exp_dir: Path, experiment: ExperimentConfig | None, cfg: TrainConfig) -> tuple[Path | None, dict | None]:
+    """The prepared dataset's folder and ``dataset.json`` (the experiment's, the experiment folder's ``prepared/``
+    or the checkpoint config's), or ``(None, None)`` when none is found locally."""
     candidates = [experiment.data.prepared if experiment else None, exp_dir / "prepared", cfg.prepared]
     for folder in candidates:
-        if folder and (Path(folder).expanduser() / "dataset.json").is_file():
-            return json.loads((Path(folder).expanduser() / "dataset.json").read_text())
-    return None
+        if folder and "://" not in str(folder) and (Path(folder).expanduser() / "dataset.json").is_file():
+            path = Path(folder).expanduser()
+            return path, json.loads((path / "dataset.json").read_text())
+    return None, None
+
+
+@torch.no_grad()
+def _val_logits(
+    model: MultiTaskNet, config: BundleConfig, prepared: Path | None, info: dict | None, meta: dict
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, str | None]:
+    """``((lesion logits, labels), None)`` of the validation split, with the bundle's preprocessing and the images'
+    metadata as recorded (on CPU); ``(None, reason)`` when there is no validation split to fit a temperature on."""
+    if prepared is None or info is None:
+        return None, "no prepared dataset (dataset.json) found at export: temperature left at 1"
+    trained_on, found = meta.get("dataset_fingerprint"), info.get("fingerprint")
+    if trained_on and found and trained_on != found:
+        return None, f"{prepared} is not the dataset the model was trained on (fingerprint): temperature left at 1"
+    if not any(s.get("split") == "val" for s in info.get("shards") or []):
+        return None, f"{prepared} has no validation split: temperature left at 1"
+    transform = build_transforms(config.image_size, config.mean, config.std, train=False)
+    dataset = ShardDataset(prepared, "val", transform, with_meta=bool(model.metadata_inputs))
+    model = model.cpu().eval()
+    logits, labels = [], []
+    for images, lesion, _site, *codes in torch.utils.data.DataLoader(dataset, batch_size=64):
+        lesion_logits, _ = model(images, codes[0]) if codes else model(images)
+        logits.append(lesion_logits.double().numpy())
+        labels.append(lesion.numpy())
+    if not labels:
+        return None, f"{prepared}: the validation split is empty: temperature left at 1"
+    return (np.concatenate(logits), np.concatenate(labels)), None
 
 
 def _checkpoint_dir(exp_dir: Path, seed: int, run: dict) -> Path:

@@ -7,7 +7,10 @@
   accuracy, accuracy, macro one-vs-rest AUC, site accuracy and site balanced accuracy, each with the point
   estimate (:mod:`tuner.stats`, the report's resampling code); ``None`` without predictions;
 - ``per_site``: per body site (and ``missing``), images, lesion accuracy and the site head's accuracy;
-- ``mtl_vs_single_task``: ``report/ci.json`` as ``skintune compare`` wrote it, when there is one.
+- ``mtl_vs_single_task``: ``report/ci.json`` as ``skintune compare`` wrote it, when there is one;
+- ``calibration`` (:func:`calibration_entry`): the lesion head's temperature, fitted on the validation split, and
+  NLL and ECE before and after it on the validation split (where it was fitted) and on the test split (the
+  exported seed's ``predictions.parquet``, held out from the fit).
 """
 
 from __future__ import annotations
@@ -19,7 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from trainables.calibration import ECE_BINS, calibration_numbers, fit_temperature, logits_from_probs
 from tuner import stats
+
+CALIBRATION_METHOD = "temperature scaling of the lesion logits, T fitted on the validation split by minimising NLL"
 
 
 def build_metrics(exp_dir: Path, runs: dict[int, dict], chosen: int, labels: dict, n_boot: int = 1000) -> dict:
@@ -112,3 +118,23 @@ def _site_probs(preds: pd.DataFrame) -> np.ndarray | None:
     if first is None or len(first) == 0:
         return None
     return np.stack(preds["site_probs"].to_numpy()).astype(np.float64)
+
+
+def calibration_entry(val: tuple[np.ndarray, np.ndarray] | None, reason: str | None, test_predictions: Path) -> dict:
+    """``metrics.json``'s ``calibration``: ``temperature`` fitted on ``val`` (lesion logits, labels), ``val`` and
+    ``test`` NLL / ECE (:data:`~trainables.calibration.ECE_BINS` bins) before and after it; without ``val``, a
+    temperature of 1 and the ``reason``. The test numbers come from the exported seed's stored test probabilities
+    (``log p`` rescales exactly as the logits would)."""
+    entry: dict = {"method": CALIBRATION_METHOD, "temperature": 1.0, "fitted": False, "ece_bins": ECE_BINS}
+    if val is None:
+        return {**entry, "reason": reason, "val": None, "test": None}
+    logits, labels = val
+    t = fit_temperature(logits, labels)
+    entry.update(temperature=t, fitted=True, val=calibration_numbers(logits, labels, t), test=None)
+    if test_predictions.exists():
+        preds = pd.read_parquet(test_predictions)
+        if len(preds):
+            probs = np.stack(preds["lesion_probs"].to_numpy()).astype(np.float64)
+            test_logits = logits_from_probs(probs)
+            entry["test"] = calibration_numbers(test_logits, preds["lesion"].to_numpy(np.int64), t)
+    return entry

@@ -41,7 +41,8 @@ def render_model_card(
         _model(config),
         _data(info, data),
         _metrics(metrics, labels),
-        _limitations(labels, info, data),
+        _calibration(metrics.get("calibration")),
+        _limitations(labels, info, data, metrics.get("calibration")),
         _weights(config),
     ]
     return "\n".join(parts).rstrip() + "\n"
@@ -69,10 +70,43 @@ def _model(config: BundleConfig) -> str:
 | Architecture | timm `{config.backbone}` → dropout {config.dropout} → {heads} |
 | Input | RGB, shorter side {config.resize_size} px then center crop {config.image_size} px |
 | Normalisation | mean {_fmt_list(config.mean)}, std {_fmt_list(config.std)} |
+| Inputs | {_inputs(config)} |
+| Temperature | {config.temperature:.3f} (lesion logits / T before the softmax; see Calibration) |
 | Files | `model.safetensors` (weights), `model.torchscript.pt` (traced, CPU), `config.json`, `labels.json` |
 | Dataset fingerprint | `{config.dataset_fingerprint}` |
 
 Run it with `skintune predict --model DIR IMAGE...`; preprocessing there is the validation preprocessing."""
+
+
+def _inputs(config: BundleConfig) -> str:
+    if not config.metadata_inputs:
+        return "the image only"
+    return (
+        f"the image and patient metadata ({', '.join(config.metadata_inputs)}), fused before the lesion head; "
+        "missing fields allowed (`skintune predict --metadata FILE.csv` or `--site/--age/--sex`)"
+    )
+
+
+def _calibration(cal: dict | None) -> str:
+    if not cal:
+        return ""
+    lines = ["\n## Calibration"]
+    if not cal.get("fitted"):
+        lines.append(f"- Not calibrated (temperature 1): {cal.get('reason')}.")
+        return "\n".join(lines)
+    lines.append(
+        f"Temperature scaling of the lesion head: T = {cal['temperature']:.3f}, fitted on the validation split "
+        f"({cal['val']['images']} images) by minimising the negative log-likelihood; it changes the confidence, "
+        f"not the predicted class. ECE: expected calibration error of the top class, {cal['ece_bins']} bins.\n"
+    )
+    lines += [_tr("split", "NLL before", "NLL after", "ECE before", "ECE after"), _tr(*["---"] * 5)]
+    for split in ("val", "test"):
+        row = cal.get(split)
+        if row:
+            name = "validation (fit)" if split == "val" else "test (held out)"
+            cells = (row["nll_before"], row["nll_after"], row["ece_before"], row["ece_after"])
+            lines.append(_tr(name, *(_f(v) for v in cells)))
+    return "\n".join(lines)
 
 
 def _data(info: dict | None, data: DataSection | None) -> str:
@@ -145,7 +179,9 @@ def _metrics(metrics: dict, labels: BundleLabels) -> str:
     return "\n".join(lines)
 
 
-def _limitations(labels: BundleLabels, info: dict | None, data: DataSection | None) -> str:
+def _limitations(
+    labels: BundleLabels, info: dict | None, data: DataSection | None, calibration: dict | None = None
+) -> str:
     fmt = data.format if data else ""
     items = []
     if _synthetic(data):
@@ -179,10 +215,16 @@ def _limitations(labels: BundleLabels, info: dict | None, data: DataSection | No
             f"**Missing sites.** {100 * float(info['site_missing_rate']):.1f} % of the images have no body "
             "site; those were left out of the site loss and site metrics."
         )
+    scaled = (
+        " Temperature scaling matches the confidence to the validation split's accuracy; it does not make "
+        "them a clinic's risks."
+        if calibration and calibration.get("fitted")
+        else ""
+    )
     items.append(
         f"**Closed vocabulary.** Only the {len(labels.lesion)} listed diagnoses; the class frequencies of "
         "the training data (not of a clinic's population) shape the probabilities, so they are not "
-        "calibrated risks."
+        f"calibrated risks.{scaled}"
     )
     return "\n## Limitations\n" + "\n".join(f"- {item}" for item in items)
 

@@ -4,11 +4,18 @@ CLI::
 
     skintune predict --model DIR IMAGE... [--output FILE.csv|FILE.json] [--backend safetensors|torchscript]
                      [--metadata FILE.csv | --site NAME --age YEARS --sex female|male]
+                     [--format default|isic] [--tta N]
 
 Per image: the top lesion class and its probability, the top site and its probability, and every class's
 probability. Without ``--output`` a short table is printed; ``.csv`` has one row per image with columns
 ``path, lesion, lesion_prob, site, site_prob, lesion:<class>..., site:<class>...``; ``.json`` is a list with
-one object per image (the dicts of :func:`predict_images`).
+one object per image (the dicts of :func:`predict_images`). ``--format isic`` writes (or prints) the ISIC
+challenge submission layout instead (:mod:`tuner.submission`): ``image`` (the file name without suffix), then one
+lesion probability column per class in the ISIC 2019 order, plus ``UNK`` = 0 for an ISIC 2019-vocabulary model.
+
+The lesion logits are divided by the bundle's ``temperature`` (temperature scaling, fitted on the validation
+split at export; 1 for older bundles) before the softmax. ``--tta N`` averages the probabilities over N flips /
+90-degree rotations of each image (:mod:`trainables.tta`; 1, the default, is no TTA).
 
 Metadata inputs. A bundle whose ``config.json`` lists ``metadata_inputs`` (site, age, sex) takes them besides the
 image: from ``--metadata FILE.csv`` (columns ``image, site, age, sex``; ``image`` is matched to each image's file
@@ -55,9 +62,12 @@ from trainables.data.schema import MISSING_VALUES, SEX_CLASSES
 from trainables.errors import UserError, where
 from trainables.factory import build_parts
 from trainables.metadata import MISSING_CODE, RAW_FIELDS
+from trainables.tta import check_tta, predict_tta
 from tuner.bundle import BACKENDS, CONFIG, LABELS, BundleConfig, BundleLabels, first_line, read_bundle_files
+from tuner.submission import submission_frame, write_submission
 
 CSV_COLUMNS = ("image", *RAW_FIELDS)  # --metadata FILE.csv: image, site, age, sex
+FORMATS = ("default", "isic")  # --format: skintune's own table/CSV/JSON, or the ISIC challenge submission CSV
 
 
 @dataclass
@@ -273,14 +283,18 @@ def missing_report(bundle: Bundle, paths: Sequence[str | Path], raw: np.ndarray,
 
 @torch.no_grad()
 def predict_images(
-    bundle: Bundle, paths: Sequence[str | Path], batch_size: int = 16, meta: np.ndarray | None = None
+    bundle: Bundle, paths: Sequence[str | Path], batch_size: int = 16, meta: np.ndarray | None = None, tta: int = 1
 ) -> list[dict]:
     """Per image: ``path``, ``lesion``/``lesion_prob`` (top class), ``site``/``site_prob`` (``None`` without a
     site head), and ``lesion_probs``/``site_probs`` (class → probability); for a bundle with metadata inputs also
     ``metadata`` (what the network was given, :func:`describe_inputs`). ``meta``: the raw codes of
-    :func:`read_metadata` (``None``: every field missing); an image-only bundle ignores it."""
+    :func:`read_metadata` (``None``: every field missing); an image-only bundle ignores it. The lesion logits are
+    divided by the bundle's ``temperature`` before the softmax; ``tta`` > 1 averages the probabilities over that
+    many flips / 90-degree rotations (:func:`trainables.tta.predict_tta`)."""
     if not paths:
         raise UserError("no images given; pass one or more image files")
+    check_tta(tta)
+    temperature = bundle.config.temperature
     if bundle.metadata_inputs and meta is None:
         meta = read_metadata(bundle, paths)
     if meta is not None and len(meta) != len(paths):
@@ -290,15 +304,18 @@ def predict_images(
     for start in range(0, len(paths), batch_size):
         chunk = [Path(p) for p in paths[start : start + batch_size]]
         batch = torch.stack([bundle.preprocess(p) for p in chunk])
+        codes = None
         if bundle.metadata_inputs:
             assert meta is not None
             codes = torch.from_numpy(np.ascontiguousarray(meta[start : start + batch_size], dtype=np.float32))
-            lesion_logits, site_logits = bundle.model(batch, codes)
+        if tta > 1:
+            lesion_p, site_p = predict_tta(bundle.model, batch, tta, codes, temperature)
+            site_p = site_p if bundle.site_classes else None
         else:
-            lesion_logits, site_logits = bundle.model(batch)
-        lesion_p = torch.softmax(lesion_logits.double(), dim=1)
-        has_site = site_logits is not None and site_logits.shape[1] > 0 and bundle.site_classes
-        site_p = torch.softmax(site_logits.double(), dim=1) if has_site else None
+            lesion_logits, site_logits = bundle.model(batch) if codes is None else bundle.model(batch, codes)
+            lesion_p = torch.softmax(lesion_logits.double() / temperature, dim=1)
+            has_site = site_logits is not None and site_logits.shape[1] > 0 and bundle.site_classes
+            site_p = torch.softmax(site_logits.double(), dim=1) if has_site else None
         for i, path in enumerate(chunk):
             row = _row(
                 path, lesion_p[i], bundle.lesion_classes, None if site_p is None else site_p[i], bundle.site_classes
@@ -349,6 +366,22 @@ def write_predictions(rows: list[dict], bundle: Bundle, output: str | Path) -> P
     return output
 
 
+def isic_submission(rows: list[dict], bundle: Bundle) -> pd.DataFrame:
+    """The rows in the ISIC challenge submission layout (:func:`tuner.submission.submission_frame`): ``image`` (the
+    file name without its suffix, the ISIC image id), then the lesion probabilities in the ISIC 2019 order."""
+    images = [Path(r["path"]).stem for r in rows]
+    seen: dict[str, str] = {}
+    for image, row in zip(images, rows, strict=True):
+        if image in seen and seen[image] != row["path"]:
+            raise UserError(
+                f"{seen[image]} and {row['path']} are both image {image!r} in an ISIC submission (it names images "
+                "by file name without suffix); rename one or predict them separately"
+            )
+        seen[image] = row["path"]
+    probs = np.array([[r["lesion_probs"][c] for c in bundle.lesion_classes] for r in rows], dtype=np.float64)
+    return submission_frame(images, probs, bundle.lesion_classes)
+
+
 def format_predictions(rows: list[dict]) -> str:
     """A short human-readable table: path, top lesion class (prob), top site (prob)."""
     width = max(len(r["path"]) for r in rows)
@@ -366,9 +399,17 @@ def run_predict(
     backend: str = "safetensors",
     batch_size: int = 16,
     metadata: MetadataSource | None = None,
+    fmt: str = "default",
+    tta: int = 1,
 ) -> list[dict]:
-    """What ``skintune predict`` does: load, read the metadata, predict, then print the table or write ``output``.
-    Notes on metadata (missing fields, metadata given to an image-only model) go to stderr."""
+    """What ``skintune predict`` does: load, read the metadata, predict, then print the table or write ``output``
+    (``fmt="isic"``: the ISIC submission CSV, printed or written to ``output``, a ``.csv``). Notes on metadata
+    (missing fields, metadata given to an image-only model) go to stderr."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown --format {fmt!r}; use one of {', '.join(FORMATS)}")
+    if fmt == "isic" and output and Path(output).suffix.lower() != ".csv":
+        raise UserError(f"{output}: --format isic writes a CSV; name the --output file .csv")
+    check_tta(tta)
     bundle = load_bundle(model_dir, backend)
     metadata = metadata or MetadataSource()
     if not images:
@@ -384,7 +425,15 @@ def run_predict(
             "(exported without metadata_inputs)",
             file=sys.stderr,
         )
-    rows = predict_images(bundle, images, batch_size, meta=meta)
+    rows = predict_images(bundle, images, batch_size, meta=meta, tta=tta)
+    if fmt == "isic":
+        frame = isic_submission(rows, bundle)
+        if output:
+            written = write_submission(Path(output).expanduser(), frame)
+            print(f"predict: wrote {len(rows)} prediction(s) in the ISIC submission layout to {written}")
+        else:
+            print(frame.to_csv(index=False), end="")
+        return rows
     if output:
         print(f"predict: wrote {len(rows)} prediction(s) to {write_predictions(rows, bundle, output)}")
     else:

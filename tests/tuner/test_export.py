@@ -4,7 +4,9 @@ timm test network, their metrics.json / predictions.parquet, experiment.yaml, da
 from __future__ import annotations
 
 import csv
+import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
+from trainables.calibration import calibration_numbers, fit_temperature
 from trainables.checkpoint import save_checkpoint
 from trainables.config import TrainConfig, parse_train_config
 from trainables.data.images import prepare_image
@@ -48,9 +51,36 @@ def _predictions(rng: np.random.Generator, n: int = 40) -> pd.DataFrame:
     )
 
 
-def make_layout(base: Path, seeds=(0, 1), ci: bool = True, metadata_inputs=(), multitask: bool = True) -> Path:
+def write_val_shard(prepared: Path, n: int, seed: int = 5) -> list[dict]:
+    """A validation shard of ``n`` prepared images (JPEG at the prepared size, labels, sites, ages, sexes) under
+    ``prepared/shards``; returns its ``dataset.json`` shard entries."""
+    rng = np.random.default_rng(seed)
+    blobs = []
+    for _ in range(n):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (SIZE, SIZE + 6, 3), dtype=np.uint8)).save(buffer, "JPEG", quality=90)
+        blobs.append(buffer.getvalue())
+    ids = [f"val{i}" for i in range(n)]
+    table = {
+        "image_id": ids,
+        "group_id": ids,
+        "image": blobs,
+        "lesion": rng.integers(0, len(LESION), n),
+        "site": rng.integers(-1, len(SITE), n),
+        "age": rng.choice([np.nan, 30.0, 60.0], n),
+        "sex": rng.integers(-1, 2, n),
+    }
+    (prepared / "shards").mkdir(exist_ok=True)
+    pq.write_table(pa.table(table), prepared / "shards" / "val-0.parquet")
+    return [{"file": "shards/val-0.parquet", "split": "val", "rows": n}]
+
+
+def make_layout(
+    base: Path, seeds=(0, 1), ci: bool = True, metadata_inputs=(), multitask: bool = True, val_images: int = 0
+) -> Path:
     """``<base>/results/demo`` as `skintune retrain` leaves it; returns the experiment folder. ``metadata_inputs``
-    (with a fusion width of 8) and ``multitask`` are the retrained network's."""
+    (with a fusion width of 8) and ``multitask`` are the retrained network's; ``val_images`` > 0 writes a
+    validation shard (export then fits the temperature on it)."""
     exp = base / "results" / "demo"
     prepared = exp / "prepared"
     prepared.mkdir(parents=True)
@@ -71,7 +101,7 @@ def make_layout(base: Path, seeds=(0, 1), ci: bool = True, metadata_inputs=(), m
         "site_classes": SITE,
         "site_missing_rate": 0.2,
         "counts": counts,
-        "shards": [],
+        "shards": write_val_shard(prepared, val_images) if val_images else [],
     }
     (prepared / "dataset.json").write_text(json.dumps(info))
     experiment = {
@@ -371,7 +401,7 @@ def test_bundles_written_before_the_typed_config_still_load(exported, tmp_path):
     the same; so does one without resize_size / jpeg_quality, which predict has always defaulted."""
     _, out, images = exported
     current = predict_images(load_bundle(out), images)
-    new_fields = ("inputs", "metadata_inputs", "fusion_width", "metadata_sites")  # since metadata inputs
+    new_fields = ("inputs", "metadata_inputs", "fusion_width", "metadata_sites", "temperature")  # added since
     for name, drop in (("old", new_fields), ("older", ("resize_size", "jpeg_quality", *new_fields))):
         old = tmp_path / name
         old.mkdir()
@@ -400,3 +430,101 @@ def test_bad_bundle_config_names_the_file_and_field(exported, tmp_path):
         (bad / name).write_text(json.dumps(edit(json.loads((out / name).read_text()))))
         with pytest.raises(UserError, match=match):
             load_bundle(bad)
+
+
+def test_export_without_a_validation_split_leaves_temperature_one(exported):
+    _, out, _ = exported
+    assert json.loads((out / "config.json").read_text())["temperature"] == 1.0
+    cal = json.loads((out / "metrics.json").read_text())["calibration"]
+    assert cal["temperature"] == 1.0 and not cal["fitted"] and "no validation split" in cal["reason"]
+    assert "Not calibrated (temperature 1)" in (out / "MODEL_CARD.md").read_text()
+
+
+def test_export_fits_the_temperature_on_the_validation_split(tmp_path):
+    exp = make_layout(tmp_path, seeds=(0,), ci=False, val_images=24)
+    out = export_model(str(exp), str(tmp_path / "bundle"), n_boot=20)
+    config, metrics = json.loads((out / "config.json").read_text()), json.loads((out / "metrics.json").read_text())
+    cal = metrics["calibration"]
+    assert cal["fitted"] and cal["temperature"] == config["temperature"] != 1.0 and cal["ece_bins"] == 15
+    for split, images in (("val", 24), ("test", 40)):  # test: the seed's predictions.parquet, held out
+        row = cal[split]
+        assert row["images"] == images
+        assert set(row) == {"images", "nll_before", "nll_after", "ece_before", "ece_after"}
+        assert all(np.isfinite(v) for v in row.values())
+    assert cal["val"]["nll_after"] <= cal["val"]["nll_before"] + 1e-12  # fitted there: never worse
+    # the temperature is the validation split's: the fit over the val images' logits, as predict computes them
+    bundle = load_bundle(out)
+    ds = ShardDataset(
+        exp / "prepared", "val", build_transforms(SIZE, bundle.config.mean, bundle.config.std, train=False)
+    )
+    with torch.no_grad():
+        logits = bundle.model(torch.stack([ds[i][0] for i in range(len(ds))]))[0].double().numpy()
+    assert fit_temperature(logits, ds.lesion) == pytest.approx(cal["temperature"], rel=1e-6)
+    assert calibration_numbers(logits, ds.lesion, cal["temperature"]) == pytest.approx(cal["val"])
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "## Calibration" in card and f"T = {cal['temperature']:.3f}" in card and "test (held out)" in card
+
+
+def test_predict_divides_lesion_logits_by_the_temperature(exported, tmp_path):
+    _, out, images = exported
+    hot = tmp_path / "hot"
+    shutil.copytree(out, hot)
+    config = json.loads((hot / "config.json").read_text())
+    (hot / "config.json").write_text(json.dumps({**config, "temperature": 2.5}))
+    for backend in ("safetensors", "torchscript"):
+        bundle = load_bundle(hot, backend)
+        batch = torch.stack([bundle.preprocess(p) for p in images])
+        with torch.no_grad():
+            lesion_logits, site_logits = bundle.model(batch)
+        want_lesion = torch.softmax(lesion_logits.double() / 2.5, 1)
+        want_site = torch.softmax(site_logits.double(), 1)  # the site head is not rescaled
+        rows = predict_images(bundle, images)
+        for i, row in enumerate(rows):
+            assert [row["lesion_probs"][c] for c in LESION] == pytest.approx(want_lesion[i].tolist(), abs=1e-6)
+            assert [row["site_probs"][c] for c in SITE] == pytest.approx(want_site[i].tolist(), abs=1e-6)
+        tta = predict_images(bundle, images, tta=1)
+        assert tta == rows
+
+
+def test_predict_format_isic_columns_and_order(exported, tmp_path, capsys):
+    _, out, images = exported
+    rows = run_predict(out, images, tmp_path / "sub.csv", fmt="isic")
+    frame = pd.read_csv(tmp_path / "sub.csv")
+    assert list(frame.columns) == ["image", "MEL", "NV", "BCC", "UNK"]
+    assert list(frame["image"]) == [p.stem for p in images] and (frame["UNK"] == 0.0).all()
+    assert frame["BCC"].tolist() == pytest.approx([r["lesion_probs"]["BCC"] for r in rows])
+    # a model whose classes come in another order: columns still in the ISIC 2019 order, each its class's own
+    shuffled = tmp_path / "shuffled"
+    shutil.copytree(out, shuffled)
+    (shuffled / "labels.json").write_text(json.dumps({"lesion": ["BCC", "NV", "MEL"], "site": SITE}))
+    rows = run_predict(shuffled, images, tmp_path / "sub2.csv", fmt="isic")
+    frame = pd.read_csv(tmp_path / "sub2.csv")
+    assert list(frame.columns) == ["image", "MEL", "NV", "BCC", "UNK"]
+    for c in ("MEL", "NV", "BCC"):
+        assert frame[c].tolist() == pytest.approx([r["lesion_probs"][c] for r in rows])
+    assert frame[["MEL", "NV", "BCC"]].sum(axis=1).to_numpy() == pytest.approx(np.ones(len(images)))
+    capsys.readouterr()
+    run_predict(out, images[:2], fmt="isic")  # no --output: the CSV on stdout
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "image,MEL,NV,BCC,UNK" and printed[1].startswith(images[0].stem + ",") and len(printed) == 3
+    with pytest.raises(UserError, match=r"--format isic writes a CSV"):
+        run_predict(out, images, tmp_path / "sub.json", fmt="isic")
+    twin = tmp_path / "twin" / images[0].name
+    twin.parent.mkdir()
+    twin.write_bytes(images[0].read_bytes())
+    with pytest.raises(UserError, match=r"both image 'a'"):
+        run_predict(out, [images[0], twin], fmt="isic")
+
+
+def test_predict_tta(exported):
+    _, out, images = exported
+    bundle = load_bundle(out)
+    plain, once, eight = (predict_images(bundle, images, tta=n) for n in (1, 1, 8))
+    assert plain == once
+    for row8 in eight:
+        assert sum(row8["lesion_probs"].values()) == pytest.approx(1, abs=1e-5)
+        assert sum(row8["site_probs"].values()) == pytest.approx(1, abs=1e-5)
+    pairs = zip(plain, eight, strict=True)
+    assert max(abs(a["lesion_probs"][c] - b["lesion_probs"][c]) for a, b in pairs for c in LESION) > 0
+    with pytest.raises(UserError, match="tta=9"):
+        predict_images(bundle, images, tta=9)
