@@ -6,7 +6,9 @@ scikit-learn. Ratios are never averaged per rank.
 
 :func:`evaluate_checkpoint` runs after retraining (on the held-out test split) and returns the per-image
 predictions with the metrics, so that the report's paired statistics work on the very predictions the metrics
-came from.
+came from. It runs on the run's device (:func:`eval_device`: the GPU when the run trained on one and CUDA is there,
+else the CPU) and, with ``tta`` > 1, averages the probabilities over that many flips/rotations
+(:mod:`trainables.tta`; the loss stays that of the plain view).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from trainables.data.loader import ShardDataset
 from trainables.data.prepare import load_info
 from trainables.factory import build_parts
 from trainables.metrics import confusion_matrix, lesion_metrics, site_metrics
+from trainables.tta import check_tta, tta_views
 
 
 @dataclass
@@ -54,22 +57,33 @@ def _gather(parts: dict) -> list[dict]:
 
 
 @torch.no_grad()
-def predict(model, loader: Iterable, loss_fn, device, rank: int = 0, world: int = 1, autocast=None) -> Predictions:
+def predict(
+    model, loader: Iterable, loss_fn, device, rank: int = 0, world: int = 1, autocast=None, tta: int = 1
+) -> Predictions:
     """Run ``model`` over ``loader`` (built on :func:`rank_slice`) and gather the whole split on every rank.
     Batches are ``(images, lesion, site)`` or, for a network with metadata inputs, ``(images, lesion, site, meta)``
-    (``ShardDataset(with_meta=True)``): the metadata as recorded, never blanked."""
+    (``ShardDataset(with_meta=True)``): the metadata as recorded, never blanked. ``tta`` > 1: the probabilities are
+    averaged over the first ``tta`` views of :func:`trainables.tta.tta_views` (the loss is the plain view's)."""
+    check_tta(tta)
     model.eval()
     lesion_p, site_p, les, sit, loss_sum = [], [], [], [], 0.0
     for images, lesion, site, *meta in loader:
         images, lesion, site = images.to(device), lesion.to(device), site.to(device)
-        inputs = (images, meta[0].to(device)) if meta else (images,)
+        extra = (meta[0].to(device),) if meta else ()
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
-            lesion_logits, site_logits = model(*inputs)
+            lesion_logits, site_logits = model(images, *extra)
             losses = loss_fn(lesion_logits.float(), None if site_logits is None else site_logits.float(), lesion, site)
+            lesion_prob = torch.softmax(lesion_logits.float(), 1)
+            site_prob = None if site_logits is None else torch.softmax(site_logits.float(), 1)
+            for view in tta_views(images, tta)[1:]:
+                view_lesion, view_site = model(view, *extra)
+                lesion_prob = lesion_prob + torch.softmax(view_lesion.float(), 1)
+                if site_prob is not None and view_site is not None:
+                    site_prob = site_prob + torch.softmax(view_site.float(), 1)
         loss_sum += float(losses["loss"]) * len(lesion)
-        lesion_p.append(torch.softmax(lesion_logits.float(), 1).cpu())
-        if site_logits is not None:
-            site_p.append(torch.softmax(site_logits.float(), 1).cpu())
+        lesion_p.append((lesion_prob / tta).cpu())
+        if site_prob is not None:
+            site_p.append((site_prob / tta).cpu())
         les.append(lesion.cpu())
         sit.append(site.cpu())
     n_local = sum(len(x) for x in les)
@@ -105,8 +119,22 @@ def split_metrics(pred: Predictions, lesion_classes: list[str], prefix: str) -> 
     return {f"{prefix}/{k}": float(v) for k, v in metrics.items()}, cm
 
 
-def evaluate_checkpoint(checkpoint_dir: str, split: str = "test", batch_size: int = 64) -> tuple[dict, pd.DataFrame]:
-    """``(metrics named <split>/..., predictions)`` of the checkpoint on ``split``, on the CPU."""
+def eval_device(use_gpu: bool) -> torch.device:
+    """The device of a run's evaluation: ``cuda`` when the run trained on a GPU and CUDA is available here (a CPU-only
+    node, or a process that sees no GPU, gets the CPU), else the CPU."""
+    return torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+
+
+def evaluate_checkpoint(
+    checkpoint_dir: str,
+    split: str = "test",
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    tta: int = 1,
+) -> tuple[dict, pd.DataFrame]:
+    """``(metrics named <split>/..., predictions)`` of the checkpoint on ``split``, on ``device``, with ``tta``
+    test-time views (1: none). The metrics and predictions are the same on any device up to float rounding."""
+    device = torch.device(device)
     meta = load_meta(checkpoint_dir)
     cfg = parse_train_config(meta["config"], source=f"{checkpoint_dir}/meta.json")
     prepared = storage.local_dir(cfg.prepared)
@@ -116,7 +144,9 @@ def evaluate_checkpoint(checkpoint_dir: str, split: str = "test", batch_size: in
     assert parts.loss is not None  # built with_loss
     parts.loss.load_state_dict(load_train_state(checkpoint_dir)["loss"])  # learned task weights, as trained
     dataset = ShardDataset(prepared, split, parts.eval_transform, with_meta=bool(parts.metadata_inputs))
-    pred = predict(parts.model, DataLoader(dataset, batch_size=batch_size), parts.loss, torch.device("cpu"))
+    model, loss = parts.model.to(device), parts.loss.to(device)
+    loader = DataLoader(dataset, batch_size=batch_size, pin_memory=device.type == "cuda")
+    pred = predict(model, loader, loss, device, tta=tta)
     metrics, _ = split_metrics(pred, info["lesion_classes"], split)
     frame = pd.DataFrame(
         {
