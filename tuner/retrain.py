@@ -174,7 +174,7 @@ def arm_configs(
 
 def _fit_and_evaluate(config: dict, exp_dump: dict, run_dir: str, use_gpu: bool, arm: str, seed: int) -> dict:
     """One retrain run (a Ray task on the driver's node): fit, pick the best epoch, evaluate on test."""
-    from trainables.evaluate import evaluate_checkpoint
+    from trainables.evaluate import eval_device, evaluate_checkpoint
     from tuner.train_run import make_trainer
 
     exp = ExperimentConfig(**exp_dump)
@@ -188,7 +188,8 @@ def _fit_and_evaluate(config: dict, exp_dump: dict, run_dir: str, use_gpu: bool,
     sign = 1 if exp.tune.mode == "max" else -1
     checkpoint, val = max(result.best_checkpoints, key=lambda cm: sign * cm[1].get(exp.tune.metric, -math.inf))
     with checkpoint.as_directory() as local:  # a local copy when the run is on cloud storage
-        test, predictions = evaluate_checkpoint(local, "test")
+        device = eval_device(use_gpu)  # the run's device: the GPU when it trained on one (and CUDA is here)
+        test, predictions = evaluate_checkpoint(local, "test", device=device, tta=exp.retrain.tta)
     storage.write_parquet(storage.join(run_dir, "predictions.parquet"), predictions)
     metrics = {
         "arm": arm,
@@ -199,6 +200,7 @@ def _fit_and_evaluate(config: dict, exp_dump: dict, run_dir: str, use_gpu: bool,
         "val": {k: v for k, v in val.items() if k.startswith("val/")},
         "test": test,
         "diverged": bool(val.get("diverged", 0)),
+        "test_eval": {"tta": exp.retrain.tta, "device": device.type},  # what the report says of the test evaluation
         "wall_s": time.time() - started,
     }
     # written last, atomically: its presence means "done"
