@@ -107,7 +107,8 @@ def _cmd_tune(args: argparse.Namespace) -> None:
 
         print("\n".join(plan(exp, str(args.config), resume=args.resume, cluster=args.cluster)))
         return
-    from tuner.layout import tune_dir
+    from tuner.layout import search_arms, search_title, tune_dir
+    from tuner.results import read_results
     from tuner.tune_run import run_tune
 
     _, table = run_tune(exp, resume=args.resume)
@@ -119,18 +120,16 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     )
     if table["best_objective"].notna().any():
         best = table.iloc[0]
-        params = {k.removeprefix("param/"): v for k, v in best.items() if k.startswith("param/") and v == v}
+        params = {k.removeprefix("param/"): v for k, v in best.items() if k.startswith("param/") and _is_set(v)}
         print(
             f"best trial {best['trial_id']}: {exp.tune.metric} = {best['best_objective']:.4f} "
             f"(epoch {best['best_epoch']}) with {format_params(params)}"
         )
-    if exp.compare.baseline == "tuned":
-        from tuner.results import read_results
-
-        baseline = read_results(tune_dir(exp, "single_task"))  # best trial first
+    for arm in search_arms(exp)[1:]:  # the other tuned arms' searches (compare: {baseline: tuned})
+        other = read_results(tune_dir(exp, arm))  # best trial first
         print(
-            f"tune: single-task baseline search: {len(baseline)} trials, best {exp.tune.metric} = "
-            f"{baseline['best_objective'].iloc[0]:.4f}; table: {tune_dir(exp, 'single_task')}/results.parquet"
+            f"tune: {search_title(exp, arm)}: {len(other)} trials, best {exp.tune.metric} = "
+            f"{other['best_objective'].iloc[0]:.4f}; table: {tune_dir(exp, arm)}/results.parquet"
         )
     print(f"TensorBoard: skintune tensorboard --storage {exp.storage} --experiment {exp.name}")
 
@@ -140,10 +139,17 @@ def format_params(params: dict) -> str:
     which a dict would print as ``np.float64(1.0)``), floats to 4 significant digits."""
 
     def value(v) -> str:
-        v = v.item() if hasattr(v, "item") else v
+        v = v.tolist() if hasattr(v, "tolist") else v  # numpy scalars, and arrays (a list-valued parameter)
         return f"{v:.4g}" if isinstance(v, float) else str(v)
 
     return ", ".join(f"{k}={value(v)}" for k, v in params.items())
+
+
+def _is_set(value) -> bool:
+    """A results-table cell holds a value: not None or NaN (a list-valued parameter, read back as an array, is)."""
+    if getattr(value, "ndim", 0) > 0 or isinstance(value, list | tuple):
+        return True
+    return value is not None and value == value
 
 
 def _experiment(args: argparse.Namespace):
@@ -198,7 +204,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     local_out = None if remote_out else args.out
     publish = "export" if storage.is_uri(exp.experiment_dir) and not args.out else None
     with local_experiment(exp.experiment_dir, SKIP_FOR_EXPORT, publish=publish) as folder:
-        out = export_model(str(folder), local_out, seed=args.seed)
+        out = export_model(str(folder), local_out, seed=args.seed, arm=args.arm)
         if remote_out:
             storage.upload(out, remote_out)
             out = remote_out
@@ -245,9 +251,9 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from tuner.demo import demo_plan, run_demo
 
     if args.dry_run:
-        print("\n".join(demo_plan(args.storage, smoke=args.smoke)))
+        print("\n".join(demo_plan(args.storage, smoke=args.smoke, arms=args.arms)))
         return
-    run_demo(args.storage, smoke=args.smoke)
+    run_demo(args.storage, smoke=args.smoke, arms=args.arms)
 
 
 def _cmd_tensorboard(args: argparse.Namespace) -> None:
@@ -403,10 +409,12 @@ def _add_tensorboard(sub) -> None:
 def _add_retrain(sub) -> None:
     p = sub.add_parser(
         "retrain",
-        help="retrain the best configuration with K seeds, and the single-task baseline with the same seeds",
-        description="Retrain the search's best configuration from scratch with K seeds and the single-task "
-        "baseline with the same seeds, data, schedule and epochs; evaluate both on the held-out test split "
-        "(metrics + per-image predictions). Finished runs are skipped, so a rerun continues.",
+        help="retrain each arm of the comparison (by default MTL and the single-task baseline) with K seeds",
+        description="Retrain each arm of the experiment's comparison (compare.arms: by default the search's best "
+        "configuration and the single-task baseline; with arms: all also meta, site/age/sex as inputs, and mtl_meta, "
+        "both) from scratch with K seeds, the same seeds, data, schedule and epochs for every arm; evaluate each on "
+        "the held-out test split (metrics + per-image predictions) into retrain/<arm>/seed_<k>/. Finished runs are "
+        "skipped, so a rerun continues.",
         epilog="examples:\n  skintune retrain --storage results --experiment demo --seeds 3\n"
         "  skintune retrain --experiment isic2019-mtl --baseline tuned --baseline-experiment isic2019-st",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -417,8 +425,9 @@ def _add_retrain(sub) -> None:
         "--baseline",
         choices=["ablation", "tuned"],
         default=None,
-        help="ablation: MTL's best configuration with the site head off; tuned: the best trial of the single-task "
-        "search with the MTL search's budget (default: the experiment's compare.baseline)",
+        help="ablation: the search's best configuration with the site head and metadata inputs switched to each "
+        "arm's (single-task: MTL's best with the site head off); tuned: each arm's own search's best trial, with "
+        "the experiment's search's budget (default: the experiment's compare.baseline)",
     )
     p.add_argument(
         "--baseline-experiment",
@@ -431,11 +440,13 @@ def _add_retrain(sub) -> None:
 def _add_compare(sub) -> None:
     p = sub.add_parser(
         "compare",
-        help="write the report: MTL vs single-task with paired statistics, the search, the data",
+        help="write the report: each arm (MTL, ...) vs single-task with paired statistics, the search, the data",
         description="Write <storage>/<experiment>/report/: report.html (self-contained), report.md, "
-        "results.parquet and PNG plots: MTL vs single-task on the test split (mean +- sd over seeds, paired "
-        "bootstrap CI, McNemar test, verdict), per-class recall with counts, per-site accuracy, confusion "
-        "matrices, the search (objective over trials, parameter importances), the data and how to reproduce.",
+        "results.parquet, ci.json, arms.json and PNG plots: each retrained arm vs single-task on the test split "
+        "(mean +- sd over seeds, two-level paired bootstrap CI, permutation p, Holm-adjusted over the arms when "
+        "there are several, McNemar test, verdict), what each arm needs at inference, per-class recall with "
+        "counts, per-site accuracy, confusion matrices, the search (objective over trials, parameter importances, "
+        "each tuned arm's budget), the data and how to reproduce.",
         epilog="example:\n  skintune compare --storage results --experiment demo",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -446,17 +457,26 @@ def _add_compare(sub) -> None:
 def _add_export(sub) -> None:
     p = sub.add_parser(
         "export",
-        help="write the best retrained MTL model as a deployable bundle (safetensors + TorchScript)",
+        help="write the best retrained MTL model (or --arm's) as a deployable bundle (safetensors + TorchScript)",
         description="Write the best retrained multi-task model (the seed with the best validation objective, or "
-        "--seed) as model.safetensors, model.torchscript.pt (traced, CPU), config.json, labels.json, "
-        "metrics.json (with confidence intervals) and MODEL_CARD.md.",
+        "--seed; --arm meta or mtl_meta for a model with metadata inputs) as model.safetensors, "
+        "model.torchscript.pt (traced, CPU), config.json, labels.json, "
+        "metrics.json (with confidence intervals and calibration) and MODEL_CARD.md. The lesion head's temperature "
+        "is fitted on the validation split (temperature scaling) and stored in config.json.",
         epilog="examples:\n  skintune export --storage results --experiment demo\n"
-        "  skintune export --experiment isic2019-mtl --out /models/isic2019-v1 --seed 2",
+        "  skintune export --experiment isic2019-mtl --out /models/isic2019-v1 --seed 2\n"
+        "  skintune export --storage results --experiment demo --arm mtl_meta --out meta-bundle",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_experiment_args(p)
     p.add_argument("--out", default=None, help="bundle folder or URI (default <storage>/<experiment>/export)")
     p.add_argument("--seed", type=int, default=None, help="export this retrain seed instead of the best one")
+    p.add_argument(
+        "--arm",
+        default="mtl",
+        help="the retrained arm to export (retrain/<arm>/): mtl (default), meta, mtl_meta (metadata inputs: predict "
+        "then takes --metadata or --site/--age/--sex) or single_task",
+    )
     p.set_defaults(handler=_cmd_export)
 
 
@@ -550,12 +570,23 @@ def _add_demo(sub) -> None:
         "demo",
         help="run synth -> prepare -> tune -> retrain -> compare -> export on the synthetic default",
         description="The whole pipeline on the synthetic default (experiments/demo.yaml; --smoke: "
-        "experiments/smoke.yaml, a minute or two). Every stage resumes, so rerunning continues a stopped demo.",
-        epilog="examples:\n  skintune demo --storage results\n  skintune demo --storage /tmp/st --smoke",
+        "experiments/smoke.yaml, a minute or two). Every stage resumes, so rerunning continues a stopped demo. "
+        "By default it compares two arms, MTL (the body site as an auxiliary target) and single-task; --arms all "
+        "compares four: mtl, meta (site, age and sex as inputs), mtl_meta (both) and single_task, each against "
+        "single-task, as the experiment demo-arms (each arm an ablation of the one search's best configuration: "
+        "the same search, twice the retraining).",
+        epilog="examples:\n  skintune demo --storage results\n  skintune demo --storage /tmp/st --smoke\n"
+        "  skintune demo --storage results --arms all      # the four-arm comparison (results/demo-arms)",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--storage", default="results", help="results folder (default ./results)")
     p.add_argument("--smoke", action="store_true", help="the tiny configuration used by the tests")
+    p.add_argument(
+        "--arms",
+        choices=["two", "all"],
+        default="two",
+        help="two: MTL vs single-task (default); all: mtl, meta, mtl_meta and single_task, each vs single-task",
+    )
     p.add_argument(
         "--dry-run", action="store_true", help="print the demo experiment's plan and where it is; run nothing"
     )

@@ -17,8 +17,9 @@ from search_spaces import SearchSpace, load_space
 from trainables import storage
 from trainables.config import TRAIN_KEYS
 from trainables.data.adapters import check_format
+from tuner.arms import SINGLE_TASK, arm_space, comparison_arms, search_arms
 from tuner.config import ExperimentConfig
-from tuner.layout import DRIVER_CPU, min_cluster_cpus, search_concurrency, tune_dir, worker_resources
+from tuner.layout import DRIVER_CPU, min_cluster_cpus, search_concurrency, tune_dir, tune_name, worker_resources
 
 
 def asha_rungs(max_epochs: int, grace_period: int, reduction_factor: float) -> list[int]:
@@ -91,13 +92,28 @@ def _search_rows(exp: ExperimentConfig, space: SearchSpace) -> list[str]:
     else:
         spent += "; no tune.max_trial_epochs budget below that"
     rows.append(f"  budget        {spent}")
-    if exp.compare.baseline == "tuned":
+    arms = comparison_arms(exp)
+    others = search_arms(exp)[1:]
+    for arm in others:
+        arm_space(exp, arm)  # a tuned arm that cannot be derived from this space is refused here, in one line
+    if others == (SINGLE_TASK,):
         rows.append(
             f"  baseline      then a single-task search with the same budget ({t.num_samples} trials; this space "
             "minus its scientific parameters), into tune_single_task/ (compare.baseline: tuned)"
         )
-    else:
+    elif others:
+        where = ", ".join(f"{arm} into {tune_name(exp, arm)}/" for arm in others)
+        rows.append(
+            f"  baseline      then one search per other arm with the same budget ({t.num_samples} trials each; this "
+            f"space turned into the arm's): {where} (compare.baseline: tuned)"
+        )
+    elif len(arms) == 2:
         rows.append("  baseline      the ablation: the best configuration with the site head off (compare.baseline)")
+    else:
+        rows.append(
+            f"  baseline      the ablation: each arm ({', '.join(arms)}) is the best configuration with the site "
+            "head and the metadata inputs switched to the arm's (compare.baseline)"
+        )
     return rows
 
 
@@ -159,7 +175,16 @@ def _output_rows(exp: ExperimentConfig, resume: bool, warnings: list[str]) -> li
     rows.append(
         f"  results       {exp.experiment_dir}: experiment.yaml, tune/ (trials, TensorBoard), tune/results.parquet"
     )
-    rows.append(f"  retrain       {exp.retrain.seeds} seeds of the best configuration and of the single-task baseline")
+    arms = comparison_arms(exp)
+    if len(arms) == 2:
+        rows.append(
+            f"  retrain       {exp.retrain.seeds} seeds of the best configuration and of the single-task baseline"
+        )
+    else:
+        rows.append(
+            f"  retrain       {exp.retrain.seeds} seeds of each of {len(arms)} arms ({', '.join(arms)}), each compared "
+            "with single_task (Holm over the arms)"
+        )
     path = tune_dir(exp)
     if not storage.is_uri(path):  # a URI is not asked in a dry run
         exists = Path(path).exists()

@@ -16,7 +16,7 @@ from PIL import Image
 
 from trainables.errors import UserError
 from tuner.cli import main
-from tuner.layout import SINGLE_TASK, runs_dir, search_arms, tune_dir
+from tuner.layout import SINGLE_TASK, runs_dir, search_arms, search_title, tune_dir
 from tuner.report import context_sections, plots, render
 from tuner.report import search as search_mod
 from tuner.report.render import Section
@@ -40,7 +40,14 @@ def test_compare_section_defaults_to_the_ablation_and_refuses_typos(make_experim
     assert exp.compare.baseline == "ablation" and search_arms(exp) == ("mtl",)
     tuned = make_experiment("tuned", compare={"baseline": "tuned"})
     assert search_arms(tuned) == ("mtl", "single_task")
-    for bad, words in (({"baseline": "tunde"}, ("compare.baseline", "tuned")), ({"arms": 2}, ("compare.arms",))):
+    bad_arms = (
+        ({"baseline": "tunde"}, ("compare.baseline", "tuned")),
+        ({"arms": 2}, ("compare.arms",)),
+        ({"arms": ["mtl", "meta"]}, ("compare.arms", "list single_task")),
+        ({"arms": ["mtl", "mtl", "single_task"]}, ("compare.arms", "lists mtl more than once")),
+        ({"arms": ["mtl", "metadata", "single_task"]}, ("compare.arms", "meta")),
+    )
+    for bad, words in bad_arms:
         raw = yaml.safe_load((tmp_path / "plain.yaml").read_text())
         (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**raw, "compare": bad}))
         err = _error(capsys, ["tune", "--config", str(tmp_path / "bad.yaml")])
@@ -63,6 +70,40 @@ def test_the_baseline_space_is_the_experiments_own_minus_its_scientific_paramete
     already = make_experiment("already", search_space="single_task", compare={"baseline": "tuned"})
     with pytest.raises(UserError, match="already single-task"):
         arm_space(already, SINGLE_TASK)
+
+
+def test_every_tuned_arm_searches_the_experiments_space_turned_into_the_arms(make_experiment):
+    exp = make_experiment("arms", compare={"baseline": "tuned", "arms": "all"})
+    assert search_arms(exp) == ("mtl", "meta", "mtl_meta", "single_task")
+    assert [Path(tune_dir(exp, a)).name for a in search_arms(exp)] == [
+        "tune",
+        "tune_meta",
+        "tune_mtl_meta",
+        "tune_single_task",
+    ]
+    assert search_title(exp) == "MTL search" and search_title(exp, "meta") == "metadata input search"
+    spaces = {arm: arm_space(exp, arm) for arm in search_arms(exp)}
+    assert spaces["single_task"] == arm_space(exp).single_task()  # as before named arms
+    meta, both = spaces["meta"].defaults(), spaces["mtl_meta"].defaults()
+    assert meta["multitask"] is False and meta["metadata_inputs"] == ["site", "age", "sex"] and "w_site" not in meta
+    assert both["multitask"] is True and both["metadata_inputs"] == ["site", "age", "sex"] and "w_site" in both
+    for arm in ("meta", "mtl_meta"):  # the metadata branch's nuisance parameters, as meta.yaml searches them
+        assert {"fusion_width", "metadata_dropout"} <= set(spaces[arm].nuisance())
+        assert set(spaces["mtl"].nuisance()) <= set(spaces[arm].nuisance())
+    assert spaces["mtl_meta"].scientific() == spaces["mtl"].scientific() == ["w_site"]
+
+    # a metadata-input search space: its search is the meta arm's (tune/), and the console names it so
+    own = make_experiment("meta-own", search_space="meta", compare={"baseline": "tuned"})
+    assert search_arms(own) == ("meta", "single_task") and Path(tune_dir(own, "meta")).name == "tune"
+    assert search_title(own) == "metadata input search"
+    single = arm_space(own, "single_task").defaults()
+    assert single["metadata_inputs"] == [] and "fusion_width" not in single and single["multitask"] is False
+    both_arms = make_experiment("meta-mtl", search_space="meta", compare={"baseline": "tuned", "arms": "all"})
+    with pytest.raises(UserError, match="the mtl arm trains the site as a target, but search space 'meta'"):
+        arm_space(both_arms, "mtl")
+    missing = make_experiment("no-own", compare={"baseline": "tuned", "arms": ["meta", "single_task"]})
+    with pytest.raises(UserError, match="the experiment's own search .* is the mtl arm's, which is not listed"):
+        search_arms(missing)
 
 
 def _finished_search(exp, arm: str | None = None, fingerprint: str = "fp-1", **params) -> dict:

@@ -158,3 +158,18 @@ def test_asha_rungs_are_the_epochs_ray_asha_compares_at(max_t, grace, rf):
     # Ray keeps them privately (one bracket, its rungs); checked here so the plan follows a Ray that changes them
     ray_rungs = ASHAScheduler(max_t=max_t, grace_period=grace, reduction_factor=rf)._brackets[0]._rungs
     assert asha_rungs(max_t, grace, rf) == sorted(int(milestone) for milestone, _ in ray_rungs)
+
+
+def test_demo_arms_all_plans_the_four_arm_comparison_and_is_documented(tmp_path, capsys):
+    storage = tmp_path / "results"
+    assert main(["demo", "--dry-run", "--arms", "all", "--storage", str(storage)]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("plan of experiment 'demo-arms'") and "--arms all" in text.splitlines()[0]
+    assert "retrain       3 seeds of each of 4 arms (mtl, meta, mtl_meta, single_task)" in text
+    assert f"results       {storage / 'demo-arms'}:" in text and not storage.exists()
+    assert main(["demo", "--dry-run", "--storage", str(storage)]) == 0  # the default demo stays two-arm
+    text = capsys.readouterr().out
+    assert text.startswith("plan of experiment 'demo'") and "of the best configuration and of the single-task" in text
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "--arms all" in capsys.readouterr().out.replace("\n", " ")

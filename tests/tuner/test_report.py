@@ -81,7 +81,12 @@ def _trials() -> pd.DataFrame:
     return table
 
 
-def make_experiment(root: Path, with_search: bool = True) -> Path:
+# the four-arm report: how often each extra arm's seeds predict the right class (MTL 0.9, single-task 0.45 above)
+EXTRA_ARMS = {"meta": 0.55, "mtl_meta": 0.85}
+
+
+def make_experiment(root: Path, with_search: bool = True, arms: bool = False) -> Path:
+    """A fake finished experiment: MTL and single-task (and with ``arms`` the meta and mtl_meta arms too)."""
     exp = root / "fake"
     rng = np.random.default_rng(0)
     lesion = rng.integers(0, 3, N)
@@ -105,6 +110,12 @@ def make_experiment(root: Path, with_search: bool = True) -> Path:
             _probs(lesion, 0.45, 3, rng),
             None,
         )
+    extra = np.random.default_rng(1)  # the two-arm experiment's draws stay as they were
+    for arm, right in EXTRA_ARMS.items() if arms else ():
+        for seed in SEEDS:
+            site_probs = _probs(np.maximum(site, 0), 0.7, 2, extra) if arm == "mtl_meta" else None
+            run = exp / "retrain" / arm / f"seed_{seed}"
+            _write_run(run, arm, seed, frame, _probs(lesion, right, 3, extra), site_probs)
     summary = {
         "baseline_kind": "ablation",
         "best_trial": "t_00003",
@@ -114,6 +125,14 @@ def make_experiment(root: Path, with_search: bool = True) -> Path:
         "gpu": False,
         "commands": ["skintune tune --config experiments/fake.yaml", "skintune retrain --experiment fake"],
     }
+    if arms:
+        names = ["mtl", "meta", "mtl_meta", "single_task"]
+        with_meta = {"meta", "mtl_meta"}
+        summary["arms"], summary["primary_arm"] = names, "mtl"
+        summary["configs"] = {
+            a: {"multitask": a.startswith("mtl"), "metadata_inputs": ["site", "age", "sex"] if a in with_meta else []}
+            for a in names
+        }
     (exp / "retrain" / "summary.json").write_text(json.dumps(summary))
     config = {
         "name": "fake",
@@ -266,3 +285,67 @@ def test_edges_and_scaled_values_use_the_base_range():
         and edge(space["dropout"], 0.03) == ""
     )
     assert base_value(space["backbone"], "resnet18", {}) == "resnet18"
+
+
+@pytest.fixture(scope="module")
+def arms_report(tmp_path_factory) -> Path:
+    exp = make_experiment(tmp_path_factory.mktemp("arms"), arms=True)
+    return build_report(exp, n_boot=300, n_perm=200).parent
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_four_arms_each_against_single_task_with_holm_over_the_arms(arms_report):
+    md = (arms_report / "report.md").read_text()
+    assert "## Headline: each arm vs single-task" in md
+    primary = [_cells(line) for line in md.splitlines() if "| balanced accuracy | primary |" in line]
+    assert [row[0] for row in primary] == ["MTL", "metadata input", "MTL + metadata"]  # 3 comparisons
+    for row in primary:
+        raw, holm = (float(v.lstrip("<= ")) for v in row[7:9])
+        assert holm >= raw
+    arms = json.loads((arms_report / "arms.json").read_text())
+    assert set(arms) == {"mtl", "meta", "mtl_meta"}
+    rows = [arms[a]["test/lesion_bacc"] for a in ("mtl", "meta", "mtl_meta")]
+    assert all(r["role"] == "primary" and r["p_holm"] >= r["p_value"] for r in rows)
+    # Holm's step-down over the three primary p-values: the smallest is multiplied by 3
+    smallest = min(rows, key=lambda r: r["p_value"])
+    assert smallest["p_holm"] == pytest.approx(min(1.0, 3 * smallest["p_value"]))
+    assert "Holm-adjusted over the 3 arms' primary comparisons" in md
+    # one verdict per arm; MTL +45 points and MTL + metadata +40 points are found, metadata input (+10) is not sure
+    verdicts = re.findall(r"> \*\*(.*?)\*\*", md)
+    assert len(verdicts) == 3 and verdicts[0].startswith("MTL is better than single-task")
+    assert verdicts[2].startswith("MTL + metadata is better than single-task") and "Holm-adjusted" in verdicts[0]
+    # ci.json (quoted by the export) stays MTL - single-task
+    ci = json.loads((arms_report / "ci.json").read_text())
+    assert {r["arm"] for r in ci.values()} == {"mtl"} and ci["test/lesion_bacc"]["diff"] == arms["mtl"][
+        "test/lesion_bacc"
+    ]["diff"]
+
+
+def test_the_inference_table_names_the_metadata_the_meta_arms_need(arms_report):
+    md = (arms_report / "report.md").read_text()
+    needs = {_cells(line)[0]: _cells(line)[2] for line in md.splitlines() if "(`" in line and line.startswith("| ")}
+    assert needs == {
+        "MTL (`mtl`)": "image only",
+        "metadata input (`meta`)": "image + site, age, sex",
+        "MTL + metadata (`mtl_meta`)": "image + site, age, sex",
+        "single-task (`single_task`)": "image only",
+    }
+    table = pd.read_parquet(arms_report / "results.parquet")
+    assert set(table["arm"]) == {"mtl", "meta", "mtl_meta", "single_task"}
+    assert set(table[table["metric"] == "test/site_acc"]["arm"]) == {"mtl", "mtl_meta"}  # the site heads
+    for title in ("Per-class recall", "Lesion accuracy per body site", "Confusion matrices", "Site head"):
+        assert f"## {title}" in md
+    class_rows = [_cells(line) for line in md.splitlines() if line.startswith("| MEL |")]
+    assert len(class_rows[0]) == 2 + 4 + 3 and " to " in class_rows[0][-1]  # a rate per arm, a Δ with CI per arm
+    assert len(list(arms_report.glob("*.png"))) >= 6
+
+
+def test_a_summary_with_unknown_arms_is_a_user_error(tmp_path):
+    exp = make_experiment(tmp_path, with_search=False, arms=True)
+    summary = json.loads((exp / "retrain" / "summary.json").read_text())
+    (exp / "retrain" / "summary.json").write_text(json.dumps({**summary, "arms": ["mtl", "meta"]}))
+    with pytest.raises(UserError, match=r"summary.json: arms \['mtl', 'meta'\] must .* include single_task"):
+        build_report(exp)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from trainables.config import parse_train_config
 from trainables.errors import UserError
 from tuner.layout import tune_dir
 from tuner.results import write_results
@@ -65,3 +66,42 @@ def test_nothing_to_retrain_is_a_clear_error(make_experiment):
     _write_table(exp, [_row("x", "error", math.nan, lr_head=1e-3)])
     with pytest.raises(UserError, match="no trial finished"):
         best_trial(exp)
+
+
+def test_four_arms_as_ablations_of_one_configuration(make_experiment):
+    exp = make_experiment("arms", compare={"arms": "all"})
+    _write_table(exp, [_row("a", "completed", 0.6, lr_head=2e-3, w_site=0.7, lesion_loss="ce")])
+    trial, configs = arm_configs(exp, "/prepared", "ablation", None)
+    assert trial == "a" and list(configs) == ["mtl", "meta", "mtl_meta", "single_task"]
+    switched = {arm: (c["multitask"], c["metadata_inputs"]) for arm, c in configs.items()}
+    assert switched == {
+        "mtl": (True, []),
+        "meta": (False, ["site", "age", "sex"]),
+        "mtl_meta": (True, ["site", "age", "sex"]),
+        "single_task": (False, []),
+    }
+    rest = [{k: v for k, v in c.items() if k not in ("multitask", "metadata_inputs")} for c in configs.values()]
+    assert all(r == rest[0] for r in rest) and rest[0]["lr_head"] == 2e-3  # only the arm's switches differ
+    for config in configs.values():  # each is a valid training config
+        parse_train_config(config, source="test")
+
+
+def test_tuned_arms_use_their_own_searches_best_trials(make_experiment):
+    exp = make_experiment("tuned-arms", compare={"baseline": "tuned", "arms": ["mtl", "meta", "single_task"]})
+    _write_table(exp, [_row("m", "completed", 0.6, lr_head=2e-3, w_site=0.7)])
+    meta = [_row("x", "completed", 0.7, lr_head=4e-3, fusion_width=32, metadata_dropout=0.2)]
+    for row in meta:
+        row["param/metadata_inputs"] = ["site", "age", "sex"]  # a fixed list, read back from Parquet as an array
+    Path(tune_dir(exp, "meta")).mkdir(parents=True)
+    write_results(pd.DataFrame(meta), tune_dir(exp, "meta"))
+    assert Path(tune_dir(exp, "meta")).name == "tune_meta"
+    with pytest.raises(UserError, match="single-task baseline search"):
+        arm_configs(exp, "/prepared", "tuned", None)  # tune_single_task/ has no results yet
+    single = [_row("s", "completed", 0.5, lr_head=1e-3)]
+    Path(tune_dir(exp, "single_task")).mkdir(parents=True)
+    write_results(pd.DataFrame(single), tune_dir(exp, "single_task"))
+    _, configs = arm_configs(exp, "/prepared", "tuned", None)
+    assert configs["meta"]["lr_head"] == 4e-3 and configs["meta"]["fusion_width"] == 32
+    assert configs["meta"]["metadata_inputs"] == ["site", "age", "sex"] and configs["meta"]["multitask"] is False
+    assert configs["single_task"]["lr_head"] == 1e-3 and configs["mtl"]["lr_head"] == 2e-3
+    assert parse_train_config(configs["meta"], source="test").metadata_inputs == ["site", "age", "sex"]

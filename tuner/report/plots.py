@@ -88,7 +88,7 @@ def headline(
         lo, hi = d[mine, 0] - d[mine, 1], d[mine, 2] - d[mine, 0]
         ax_d.errorbar(d[mine, 0], y[mine], xerr=[lo, hi], fmt="o", color=color, capsize=4)
     ax_d.axvline(0, color="#c23b22", lw=1, ls="--")
-    ticks = [m if len(compared) == 1 else f"{m.split(chr(10))[0]}: {ARM_LABELS.get(a, a)}" for m, a in rows]
+    ticks = [m if len(compared) == 1 else f"{m.split(chr(10))[0]}: {ARMS[a].label}" for m, a in rows]
     ax_d.set_yticks(y, ticks, fontsize=8 if len(compared) > 1 else None)
     name = ARM_LABELS.get(compared[0], compared[0]).split(" (")[0] if len(compared) == 1 else "arm"
     ax_d.set_xlabel(f"{name} - single-task (points), 95 % CI")
