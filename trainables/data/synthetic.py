@@ -26,6 +26,12 @@ diagnosis, see ``DX``) carries the diagnosis. Some lesions are drawn part-way to
 (``LOOKALIKE``: MEL/NV, AK/BKL, SCC->AK, DF->NV), and those pairs differ in where they occur, so reading the
 background (which a site head makes a model do) genuinely helps the lesion task.
 
+Site mix (``site_weights``, ``skintune synth --site-weight NAME=W``): each general site's column of the diagnosis x
+site table is multiplied by its weight (default 1) before a lesion's site is drawn, so a second release can come from
+another clinic's population (say, more head/neck and fewer torso lesions) with the same diagnoses and image model:
+an external-validation set with covariate shift. The weights are recorded in ``synth.json``; without them the
+release is exactly the default one (same random draws, same bytes).
+
 Each image has its own RNG from (seed, image index) and each lesion from (seed, lesion index), so the bytes do
 not depend on the number of worker processes. Images are written as they are drawn (memory stays flat).
 """
@@ -37,6 +43,7 @@ import csv
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -71,17 +78,20 @@ GROUND_TRUTH, METADATA, IMAGES = "ISIC_2019_Training_GroundTruth.csv", "ISIC_201
     "ISIC_2019_Training_Input"  # fmt: skip
 
 
-def _plan(n: int, seed: int) -> list[dict]:
-    """One row per image: lesions with 1-4 views, sampled from the ISIC 2019 priors, in shuffled order."""
+def _plan(n: int, seed: int, site_weights: Mapping[str, float] | None = None) -> list[dict]:
+    """One row per image: lesions with 1-4 views, sampled from the ISIC 2019 priors, in shuffled order.
+    ``site_weights`` (site name -> factor) reweights the site columns used to draw each lesion's site."""
     rng = np.random.default_rng([seed, 2])
     table = np.array([SITE_TABLE[c] for c in CLASSES], np.float64)
     p_dx = table.sum(1) ** FLATTEN / (table.sum(1) ** FLATTEN).sum()
+    factors = np.array([float((site_weights or {}).get(name, 1.0)) for name in SITE_NAMES])
     rows: list[dict] = []
     lesion = 0
     while len(rows) < n:
         dx = int(rng.choice(len(CLASSES), p=p_dx))
         row = table[dx]
-        site = SITE_NAMES[rng.choice(len(SITE_NAMES), p=row[:-1] / row[:-1].sum())]
+        sites = row[:-1] * factors
+        site = SITE_NAMES[rng.choice(len(SITE_NAMES), p=sites / sites.sum())]
         missing = rng.random() < row[-1] / row.sum()
         views = min(n - len(rows), int(rng.choice([1, 2, 3, 4], p=[0.5, 0.27, 0.15, 0.08])))
         no_id = views == 1 and rng.random() < 0.18  # ~5 % of images, like the older ISIC images
@@ -111,7 +121,29 @@ def _write_csvs(root: Path, rows: list[dict]) -> None:
         w.writerows([r["image"], r["age"], r["site_label"], r["lesion_id"], r["sex"]] for r in rows)
 
 
-def _check(out: Path, n: int, image_size: int, seed: int, workers: int | None) -> dict:
+def check_site_weights(site_weights: Mapping[str, float] | None) -> dict[str, float]:
+    """The site weights as a plain dict, or a :class:`UserError` naming the bad entry (an unknown site, a weight
+    that is not a number >= 0, or weights that leave some diagnosis without any site)."""
+    weights: dict[str, float] = {}
+    for name, value in (site_weights or {}).items():
+        if name not in SITE_NAMES:
+            raise UserError(
+                f"synthetic data: unknown site {name!r} in the site weights; sites: {', '.join(SITE_NAMES)}"
+            )
+        try:
+            weight = float(value)
+        except (TypeError, ValueError):
+            weight = float("nan")
+        if not weight >= 0 or weight == float("inf"):
+            raise UserError(f"synthetic data: site weight {name}={value!r}; use a number >= 0")
+        weights[name] = weight
+    for dx, row in SITE_TABLE.items():
+        if not any(count * weights.get(site, 1.0) > 0 for site, count in zip(SITE_NAMES, row, strict=False)):
+            raise UserError(f"synthetic data: the site weights leave {dx} lesions no site; raise one of its sites")
+    return weights
+
+
+def _check(out: Path, n: int, image_size: int, seed: int, workers: int | None, site_weights: dict[str, float]) -> dict:
     """Validate the arguments; return the record kept in ``synth.json``."""
     if n < 16:
         raise UserError(f"synthetic data: n={n} is too small; use --n 16 or more")
@@ -121,13 +153,16 @@ def _check(out: Path, n: int, image_size: int, seed: int, workers: int | None) -
         raise UserError(f"synthetic data: seed {seed} is negative; use --seed 0 or more")
     if workers is not None and workers < 1:
         raise UserError(f"synthetic data: workers={workers}; use 1 or more (or leave it out for all cores)")
-    args = dict(generator="skintune-synthetic", version=VERSION, n=n, image_size=image_size, seed=seed)
+    args: dict = dict(generator="skintune-synthetic", version=VERSION, n=n, image_size=image_size, seed=seed)
+    if site_weights:  # only when given: the default release keeps the record (and so the folder) it always had
+        args["site_weights"] = dict(site_weights)
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not _is_complete(out, args):
         if _older_version(out, args):
             return args  # made by an older generator with the same arguments: generate() replaces it
         raise UserError(
             f"{out} already exists and is not a synthetic dataset made with n={n}, image size {image_size}, "
-            f"seed {seed} (generator version {VERSION}); choose a new --out directory or delete it"
+            f"seed {seed}{f', site weights {site_weights}' if site_weights else ''} (generator version {VERSION}); "
+            "choose a new --out directory or delete it"
         )
     return args
 
@@ -158,21 +193,24 @@ def generate(
     seed: int = 0,
     workers: int | None = None,
     progress: bool = True,
+    site_weights: Mapping[str, float] | None = None,
 ) -> Path:
     """Write ``n`` synthetic images in the ISIC 2019 layout under ``out`` and return ``out``.
 
-    Same bytes for the same (n, image_size, seed), whatever ``workers`` (default: all cores). Writes into
+    ``site_weights``: the site mix (module docstring); unnamed sites keep weight 1.
+    Same bytes for the same (n, image_size, seed, site_weights), whatever ``workers`` (default: all cores). Writes into
     ``<out>.partial`` and renames it at the end, so an interrupted run never looks complete; returns at once
     if ``out`` already holds the dataset made with these arguments.
     """
     out = Path(os.path.abspath(Path(out).expanduser()))  # so that "." has a name for the .partial sibling
-    args = _check(out, n, image_size, seed, workers)
+    weights = check_site_weights(site_weights)
+    args = _check(out, n, image_size, seed, workers, weights)
     if _is_complete(out, args):
         return out
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / IMAGES).mkdir(parents=True)
-    rows = _plan(n, seed)
+    rows = _plan(n, seed, weights)
     jobs = [(str(tmp / IMAGES / f"{r['image']}.jpg"), image_size, seed, r["lesion"], i, r["dx"], r["site"],
              r["hairy"]) for i, r in enumerate(rows)]  # fmt: skip
     workers = min(workers or os.cpu_count() or 1, n)
@@ -195,6 +233,21 @@ def generate(
     return out
 
 
+def parse_site_weights(items: list[str]) -> dict[str, float]:
+    """``["head/neck=3", "posterior torso=0.5"]`` -> ``{"head/neck": 3.0, ...}``, checked by
+    :func:`check_site_weights`."""
+    weights: dict[str, float] = {}
+    for item in items:
+        name, sep, value = item.rpartition("=")
+        if not sep or not name.strip():
+            raise UserError(f"--site-weight {item!r}: expected SITE=WEIGHT, e.g. 'head/neck=3'")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            raise UserError(f"--site-weight {item!r}: the weight {value!r} is not a number") from None
+    return check_site_weights(weights)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Write synthetic dermoscopy images in the ISIC 2019 layout.")
     parser.add_argument("--out", required=True)
@@ -202,9 +255,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--site-weight", action="append", default=[], metavar="SITE=W", help="site mix, repeatable")
     a = parser.parse_args(argv)
     try:
-        print(generate(a.out, a.n, a.image_size, a.seed, a.workers))
+        weights = parse_site_weights(a.site_weight)
+        print(generate(a.out, a.n, a.image_size, a.seed, a.workers, site_weights=weights))
     except UserError as e:
         parser.exit(2, f"error: {e}\n")
 
