@@ -54,9 +54,12 @@ def _parse_option(text: str) -> tuple[str, object]:
 
 
 def _cmd_synth(args: argparse.Namespace) -> None:
-    from trainables.data.synthetic import generate
+    from trainables.data.synthetic import generate, parse_site_weights
 
-    out = generate(args.out, n=args.n, image_size=args.image_size, seed=args.seed, workers=args.workers)
+    weights = parse_site_weights(args.site_weight or [])
+    out = generate(
+        args.out, n=args.n, image_size=args.image_size, seed=args.seed, workers=args.workers, site_weights=weights
+    )
     print(f"synth: {args.n} images in ISIC 2019 format at {out}")
 
 
@@ -282,6 +285,13 @@ def _add_synth(sub) -> None:
     p.add_argument("--image-size", type=int, default=128, help="side of the square images in px (default 128)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument(
+        "--site-weight",
+        action="append",
+        metavar="SITE=W",
+        help="site mix, repeatable: scale how often lesions are drawn at SITE (an ISIC 2019 general site, e.g. "
+        "'head/neck=3'); another mix and --seed make a second release for external validation",
+    )
     p.set_defaults(handler=_cmd_synth)
 
 
