@@ -1,10 +1,11 @@
-"""Export the best retrained multi-task model as a deployable bundle.
+"""Export the best retrained model of an arm (by default the multi-task one) as a deployable bundle.
 
 CLI::
 
-    skintune export --experiment NAME [--out DIR] [--seed K]
+    skintune export --experiment NAME [--out DIR] [--seed K] [--arm mtl|meta|mtl_meta|single_task]
 
-Reads ``<storage>/<name>/retrain/mtl/seed_<k>/metrics.json`` (written by ``skintune retrain``), picks the seed
+Reads ``<storage>/<name>/retrain/<arm>/seed_<k>/metrics.json`` (written by ``skintune retrain``; ``--arm``
+default ``mtl``; ``meta`` / ``mtl_meta`` export a model with metadata inputs), picks the seed
 with the best validation objective (``tune.metric`` / ``tune.mode`` of ``experiment.yaml``, default
 ``val/lesion_bacc``, max; ties go to the lowest seed) or the named one, and writes into ``DIR`` (default
 ``<storage>/<name>/export``) the files of :mod:`tuner.bundle`, the bundle's contract::
@@ -69,26 +70,28 @@ from tuner.model_card import render_model_card
 TRACE_TOLERANCE = 1e-5
 
 
-def export_model(experiment_dir: str, out: str | None = None, seed: int | None = None, n_boot: int = 1000) -> Path:
-    """Write the bundle of the best (or the named) MTL retrain seed into ``out``; return its path."""
+def export_model(
+    experiment_dir: str, out: str | None = None, seed: int | None = None, n_boot: int = 1000, arm: str = "mtl"
+) -> Path:
+    """Write the bundle of the best (or the named) retrain seed of ``arm`` into ``out``; return its path."""
     exp_dir = _local(experiment_dir)
-    runs = find_seeds(exp_dir)
+    runs = find_seeds(exp_dir, arm)
     experiment = _read_experiment(exp_dir)
     tune = experiment.tune if experiment else TuneSection()  # no experiment.yaml: the default objective
     metric, mode = tune.metric, tune.mode
     chosen = choose_seed(runs, metric, mode, seed)
     run = runs[chosen]
-    ckpt = _checkpoint_dir(exp_dir, chosen, run)
+    ckpt = _checkpoint_dir(exp_dir, chosen, run, arm)
     meta = load_meta(ckpt)
     cfg = parse_train_config(meta.get("config") or {}, source=f"{ckpt}/meta.json")
     prepared, info = _prepared(exp_dir, experiment, cfg)
     model, config = _load_model(ckpt, meta, cfg, info)
     name = experiment.name if experiment else exp_dir.name
     labels = BundleLabels(lesion=meta["lesion_classes"], site=meta["site_classes"] if model.multitask else [])
-    metrics = build_metrics(exp_dir, runs, chosen, labels.model_dump(), n_boot)
+    metrics = build_metrics(exp_dir, runs, chosen, labels.model_dump(), n_boot, arm=arm)
     metrics["selected_by"] = {"metric": metric, "mode": mode, "value": run["val"].get(metric), "named": seed}
     val, reason = _val_logits(model, config, prepared, info, meta)
-    calibration = calibration_entry(val, reason, exp_dir / "retrain" / "mtl" / f"seed_{chosen}" / "predictions.parquet")
+    calibration = calibration_entry(val, reason, exp_dir / "retrain" / arm / f"seed_{chosen}" / "predictions.parquet")
     metrics["calibration"] = calibration
     update = {"experiment": name, "seed": chosen, "checkpoint": str(ckpt), "temperature": calibration["temperature"]}
     config = config.model_copy(update=update)
@@ -113,9 +116,11 @@ def export_model(experiment_dir: str, out: str | None = None, seed: int | None =
     return target
 
 
-def find_seeds(exp_dir: Path) -> dict[int, dict]:
-    """``{seed: metrics.json}`` of every finished MTL retrain seed."""
-    root = exp_dir / "retrain" / "mtl"
+def find_seeds(exp_dir: Path, arm: str = "mtl") -> dict[int, dict]:
+    """``{seed: metrics.json}`` of every finished retrain seed of ``arm``."""
+    if not arm or "/" in arm or arm.startswith("."):
+        raise UserError(f"--arm {arm!r}: not an arm name; use e.g. mtl, meta, mtl_meta or single_task")
+    root = exp_dir / "retrain" / arm
     runs = {}
     for path in sorted(root.glob("seed_*/metrics.json")):
         try:
@@ -124,6 +129,12 @@ def find_seeds(exp_dir: Path) -> dict[int, dict]:
         except (ValueError, json.JSONDecodeError) as exc:
             raise UserError(f"{path}: not a retrain metrics file ({exc}); rerun `skintune retrain`") from exc
     if not runs:
+        others = sorted(p.parent.parent.name for p in (exp_dir / "retrain").glob("*/seed_*/metrics.json"))
+        if others:
+            raise UserError(
+                f"no retrained model under {root}; this experiment has retrained arm(s) "
+                f"{', '.join(dict.fromkeys(others))}: name one with --arm"
+            )
         raise UserError(
             f"no retrained model under {root}: run `skintune retrain --experiment {exp_dir.name} "
             f"--storage {exp_dir.parent}` first (export takes the best retrained seed)"
@@ -134,7 +145,9 @@ def find_seeds(exp_dir: Path) -> dict[int, dict]:
 def choose_seed(runs: dict[int, dict], metric: str, mode: str, seed: int | None) -> int:
     if seed is not None:
         if seed not in runs:
-            raise UserError(f"no retrained MTL seed {seed}; available seeds: {', '.join(map(str, sorted(runs)))}")
+            raise UserError(
+                f"no retrained seed {seed} of this arm; available seeds: {', '.join(map(str, sorted(runs)))}"
+            )
         return seed
     scored = {k: r.get("val", {}).get(metric) for k, r in runs.items() if not r.get("diverged")}
     scored = {k: float(v) for k, v in scored.items() if v is not None and np.isfinite(v)}
@@ -257,8 +270,8 @@ def _val_logits(
     return (np.concatenate(logits), np.concatenate(labels)), None
 
 
-def _checkpoint_dir(exp_dir: Path, seed: int, run: dict) -> Path:
-    seed_dir = exp_dir / "retrain" / "mtl" / f"seed_{seed}"
+def _checkpoint_dir(exp_dir: Path, seed: int, run: dict, arm: str = "mtl") -> Path:
+    seed_dir = exp_dir / "retrain" / arm / f"seed_{seed}"
     named = run.get("checkpoint")
     for path in ([seed_dir / Path(named).expanduser()] if named else []) + [seed_dir / "checkpoint"]:
         if (path / WEIGHTS).is_file():

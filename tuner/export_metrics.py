@@ -1,13 +1,15 @@
 """The ``metrics.json`` of an export bundle (``skintune export``, see :mod:`tuner.export`).
 
-- ``val`` / ``test``: the exported seed's metrics from its ``retrain/mtl/seed_<k>/metrics.json``;
-- ``over_seeds``: mean, sd (ddof 1) and per-seed values of every test metric all MTL seeds report;
+- ``arm``: the retrained arm exported (``mtl`` by default; ``meta``, ``mtl_meta``, ``single_task``);
+- ``val`` / ``test``: the exported seed's metrics from its ``retrain/<arm>/seed_<k>/metrics.json``;
+- ``over_seeds``: mean, sd (ddof 1) and per-seed values of every test metric all of the arm's seeds report;
 - ``bootstrap``: 95 % percentile bootstrap CIs of the exported seed's test metrics (from its
   ``predictions.parquet``), resampling lesion groups (a lesion's images are drawn together), for lesion balanced
   accuracy, accuracy, macro one-vs-rest AUC, site accuracy and site balanced accuracy, each with the point
   estimate (:mod:`tuner.stats`, the report's resampling code); ``None`` without predictions;
 - ``per_site``: per body site (and ``missing``), images, lesion accuracy and the site head's accuracy;
-- ``mtl_vs_single_task``: ``report/ci.json`` as ``skintune compare`` wrote it, when there is one;
+- ``mtl_vs_single_task`` (the ``mtl`` arm): ``report/ci.json`` as ``skintune compare`` wrote it, when there is
+  one; ``vs_single_task`` (another arm): its entry of ``report/arms.json``, when there is one;
 - ``calibration`` (:func:`calibration_entry`): the lesion head's temperature, fitted on the validation split, and
   NLL and ECE before and after it on the validation split (where it was fitted) and on the test split (the
   exported seed's ``predictions.parquet``, held out from the fit).
@@ -28,7 +30,9 @@ from tuner import stats
 CALIBRATION_METHOD = "temperature scaling of the lesion logits, T fitted on the validation split by minimising NLL"
 
 
-def build_metrics(exp_dir: Path, runs: dict[int, dict], chosen: int, labels: dict, n_boot: int = 1000) -> dict:
+def build_metrics(
+    exp_dir: Path, runs: dict[int, dict], chosen: int, labels: dict, n_boot: int = 1000, arm: str = "mtl"
+) -> dict:
     run = runs[chosen]
     keys = sorted(set.intersection(*(set(r.get("test", {})) for r in runs.values())))
     over = {}
@@ -37,7 +41,7 @@ def build_metrics(exp_dir: Path, runs: dict[int, dict], chosen: int, labels: dic
         sd = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         over[key] = {"mean": float(values.mean()), "sd": sd, "values": values.tolist()}
     out = {
-        "arm": "mtl",
+        "arm": arm,
         "seed": chosen,
         "epochs": run.get("epochs"),
         "val": run.get("val", {}),
@@ -46,15 +50,19 @@ def build_metrics(exp_dir: Path, runs: dict[int, dict], chosen: int, labels: dic
         "bootstrap": None,
         "per_site": None,
     }
-    preds_path = exp_dir / "retrain" / "mtl" / f"seed_{chosen}" / "predictions.parquet"
+    preds_path = exp_dir / "retrain" / arm / f"seed_{chosen}" / "predictions.parquet"
     if preds_path.exists():
         preds = pd.read_parquet(preds_path)
         if len(preds):
             out["bootstrap"] = bootstrap_ci(preds, n_boot=n_boot)
             out["per_site"] = per_site(preds, labels)
-    ci_path = exp_dir / "report" / "ci.json"
-    if ci_path.exists():
+    ci_path, arms_path = exp_dir / "report" / "ci.json", exp_dir / "report" / "arms.json"
+    if arm == "mtl" and ci_path.exists():
         out["mtl_vs_single_task"] = json.loads(ci_path.read_text())
+    elif arm != "single_task" and arms_path.exists():
+        entry = json.loads(arms_path.read_text()).get(arm)
+        if entry:
+            out["vs_single_task"] = entry
     return out
 
 

@@ -32,8 +32,8 @@ def render_model_card(
     data = experiment.data if experiment else None
     parts = [
         f"# Model card: {config.experiment or 'skintune'}\n",
-        "Multi-task skin-lesion classifier exported by `skintune export` "
-        f"(retrain seed {config.seed}). Backbone `{config.backbone}`, "
+        f"{'Multi-task' if config.multitask else 'Single-task'} skin-lesion classifier exported by `skintune export` "
+        f"(arm `{metrics.get('arm', 'mtl')}`, retrain seed {config.seed}). Backbone `{config.backbone}`, "
         f"{config.image_size} px input, "
         f"{len(labels.lesion)} lesion classes"
         + (f" and {len(labels.site)} body sites." if labels.site else " (no body-site head)."),
@@ -169,10 +169,12 @@ def _metrics(metrics: dict, labels: BundleLabels) -> str:
         lines.append(_tr(*["---"] * 4))
         for site, row in metrics["per_site"].items():
             lines.append(_tr(site, row["images"], _f(row["lesion_acc"]), _f(row["site_acc"])))
-    if metrics.get("mtl_vs_single_task"):
-        lines += ["\nMulti-task minus single-task baseline (paired over seeds, from the compare report):\n"]
+    versus = metrics.get("mtl_vs_single_task") or metrics.get("vs_single_task")
+    if versus:
+        who = "Multi-task" if metrics.get("mtl_vs_single_task") else f"Arm `{metrics.get('arm')}`"
+        lines += [f"\n{who} minus single-task baseline (paired over seeds, from the compare report):\n"]
         lines += [_tr("metric", "difference", "95 % CI"), _tr(*["---"] * 3)]
-        for key, row in metrics["mtl_vs_single_task"].items():
+        for key, row in versus.items():
             if isinstance(row, dict):
                 ci_text = f"[{_f(row.get('low'))}, {_f(row.get('high'))}]"
                 lines.append(_tr(key, _f(row.get("diff")), ci_text))

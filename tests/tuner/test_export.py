@@ -76,11 +76,17 @@ def write_val_shard(prepared: Path, n: int, seed: int = 5) -> list[dict]:
 
 
 def make_layout(
-    base: Path, seeds=(0, 1), ci: bool = True, metadata_inputs=(), multitask: bool = True, val_images: int = 0
+    base: Path,
+    seeds=(0, 1),
+    ci: bool = True,
+    metadata_inputs=(),
+    multitask: bool = True,
+    val_images: int = 0,
+    arm: str = "mtl",
 ) -> Path:
     """``<base>/results/demo`` as `skintune retrain` leaves it; returns the experiment folder. ``metadata_inputs``
     (with a fusion width of 8) and ``multitask`` are the retrained network's; ``val_images`` > 0 writes a
-    validation shard (export then fits the temperature on it)."""
+    validation shard (export then fits the temperature on it); ``arm`` is the retrain folder the seeds go to."""
     exp = base / "results" / "demo"
     prepared = exp / "prepared"
     prepared.mkdir(parents=True)
@@ -123,7 +129,7 @@ def make_layout(
             num_sites=len(SITE),
             fusion_width=8,
         )
-        seed_dir = exp / "retrain" / "mtl" / f"seed_{seed}"
+        seed_dir = exp / "retrain" / arm / f"seed_{seed}"
         cfg = {
             "backbone": "test_efficientnet",
             "dropout": 0.1,
@@ -153,7 +159,7 @@ def make_layout(
             **{f"test/recall/{c}": 0.5 for c in LESION},
         }
         metrics = {
-            "arm": "mtl",
+            "arm": arm,
             "seed": seed,
             "epochs": 1,
             "checkpoint": str(seed_dir / "checkpoint"),

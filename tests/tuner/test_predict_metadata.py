@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from tests.tuner.test_export import LESION, SITE, make_images, make_layout
 from trainables.metadata import RAW_FIELDS, all_missing, blank_metadata
@@ -215,3 +216,34 @@ def test_csv_and_flags_together_are_refused(meta_export, tmp_path, capsys):
 
 def test_raw_fields_order_is_the_encoding_order():
     assert RAW_FIELDS == FIELDS and bool(torch.isnan(all_missing(1)[0, 1]))
+
+
+def test_cli_exports_a_metadata_arm_and_predicts_with_a_csv(tmp_path, capsys):
+    """The whole path from the command line: retrain/mtl_meta/ -> `skintune export --arm mtl_meta` -> `skintune
+    predict --metadata`; the default arm (mtl) is not there, and export says which arms are."""
+    exp = make_layout(tmp_path, seeds=(0,), metadata_inputs=FIELDS, arm="mtl_meta")
+    (exp / "report" / "arms.json").write_text(json.dumps({"mtl_meta": {"test/lesion_bacc": {"diff": 0.03}}}))
+    resolved = yaml.safe_load((exp / "experiment.yaml").read_text())
+    (exp / "experiment.yaml").write_text(yaml.safe_dump({**resolved, "storage": str(exp.parent)}))  # as tune writes
+    storage = ["--storage", str(exp.parent), "--experiment", exp.name]
+    assert main(["export", *storage]) == 2
+    assert "retrained arm(s) mtl_meta: name one with --arm" in capsys.readouterr().err
+    out = tmp_path / "meta-bundle"
+    assert main(["export", *storage, "--arm", "mtl_meta", "--out", str(out)]) == 0, capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["arm"] == "mtl_meta" and metrics["vs_single_task"] == {"test/lesion_bacc": {"diff": 0.03}}
+    assert "mtl_vs_single_task" not in metrics and "arm `mtl_meta`" in (out / "MODEL_CARD.md").read_text()
+    assert json.loads((out / "config.json").read_text())["metadata_inputs"] == list(FIELDS)
+    images = make_images(tmp_path / "images")[:2]
+    csv_path = _csv(tmp_path / "p.csv", f"image,site,age,sex\n{images[0].name},anterior torso,50,male\n")
+    capsys.readouterr()
+    argv = ["predict", "--model", str(out), *map(str, images), "--metadata", str(csv_path), "--output"]
+    assert main([*argv, str(tmp_path / "p.json")]) == 2  # b.png has no row
+    assert "no row for image 'b.png'" in capsys.readouterr().err
+    (tmp_path / "p.csv").write_text(csv_path.read_text() + f"{images[1].name},,,\n")
+    assert main([*argv, str(tmp_path / "p.json")]) == 0
+    err = capsys.readouterr().err
+    assert "metadata missing for site: 1 image(s) (b.png); age: 1 image(s) (b.png); sex: 1 image(s) (b.png)" in err
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert rows[0]["metadata"] == {"site": "anterior torso", "age": 50.0, "sex": "male"}
+    assert rows[1]["metadata"] == {"site": None, "age": None, "sex": None}
