@@ -115,6 +115,7 @@ def run_evaluate(
         backend=backend,
         temperature=temperature,
         tta={"views": tta, "on": tta > 1, "transforms": list(VIEW_NAMES[:tta])},
+        inputs=_inputs(bundle, meta_site_map),
         dataset={
             "format": fmt,
             "root": str(Path(root).expanduser().absolute()),
@@ -132,6 +133,17 @@ def run_evaluate(
     if progress:
         _print_summary(result, out)
     return result
+
+
+def _inputs(bundle, meta_site_map: ClassMapping | None) -> dict:
+    """What the network was given besides the image: its metadata inputs and, for the site, which dataset sites
+    became which model sites (the others, and images without a site, are given as missing)."""
+    fields = list(getattr(bundle, "metadata_inputs", ()))
+    out: dict = {"metadata": fields}
+    if "site" in fields:
+        out["site_mapping"] = dict(meta_site_map.via) if meta_site_map else {}
+        out["sites_given_as_missing"] = sorted(meta_site_map.left_out) if meta_site_map else []
+    return out
 
 
 def _lesion_mapping(dataset: list[str], model: list[str], fmt: str, root: str | Path) -> ClassMapping:
@@ -366,6 +378,15 @@ def _fmt_ci(value: dict | None) -> str:
     return f"{value['estimate']:.3f} ({value['low']:.3f} to {value['high']:.3f})"
 
 
+def _inputs_text(inputs: dict) -> str:
+    if not inputs["metadata"]:
+        return " only"
+    text = f" and the recorded {', '.join(inputs['metadata'])}"
+    if inputs.get("sites_given_as_missing"):
+        text += f" (sites without a model equivalent given as missing: {', '.join(inputs['sites_given_as_missing'])})"
+    return text
+
+
 def render_report(result: dict) -> str:
     """``evaluate.md``: what was evaluated, how, the class mapping, the metrics with CIs and the confusion matrix."""
     d, tta, boot = result["dataset"], result["tta"], result["bootstrap"]
@@ -378,6 +399,7 @@ def render_report(result: dict) -> str:
         + (f" (options {d['options']})" if d["options"] else "")
         + f"; split {d['split']} ({d['split_rule']}): {d['images']} images, {result['images_evaluated']} evaluated",
         f"- Test-time augmentation: {tta_text}",
+        f"- Inputs: the image{_inputs_text(result['inputs'])}",
         f"- Intervals: {boot['level']:.0%} percentile bootstrap, {boot['n_boot']} resamples of "
         f"{boot['n_units']} {boot['unit']}s",
         f"- Predictions: `{result['predictions']}` (ISIC submission layout: "
