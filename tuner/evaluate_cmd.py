@@ -48,7 +48,7 @@ from trainables.data.adapters import check_format, read_dataset
 from trainables.data.schema import MISSING_SITE
 from trainables.data.vocab import ClassMapping, isic_lesion, map_classes
 from trainables.errors import UserError
-from trainables.tta import VIEW_NAMES, check_tta
+from trainables.tta import MAX_VIEWS, VIEW_NAMES, check_tta
 from tuner import stats
 from tuner.submission import column_names, submission_frame, write_submission
 
@@ -92,10 +92,9 @@ def run_evaluate(
     check_format(fmt, options)
     if split not in SPLIT_CHOICES:
         raise UserError(f"--split {split!r}: use one of {', '.join(SPLIT_CHOICES)}")
-    check_tta(tta)
-    from tuner.predict import load_bundle
-
-    bundle = load_bundle(model_dir, backend)
+    _check_tta_flag(tta)
+    _check_root(root, fmt)
+    bundle = _load_bundle(model_dir, backend)
     table = read_dataset(fmt, root, options)
     lesion_map = _lesion_mapping(table.lesion_classes, bundle.lesion_classes, fmt, root)
     site_map = map_classes(table.site_classes, bundle.site_classes, fmt, kind="site") if bundle.site_classes else None
@@ -133,6 +132,41 @@ def run_evaluate(
     if progress:
         _print_summary(result, out)
     return result
+
+
+def _check_tta_flag(tta) -> None:
+    """``--tta`` is a number of views, 1 to 8; the refusal names the flag (contains ``tta=N`` like
+    :func:`trainables.tta.check_tta`'s)."""
+    try:
+        check_tta(tta)
+    except UserError:
+        raise UserError(
+            f"--tta={tta!r}: the number of test-time views must be a whole number from 1 (no TTA) to {MAX_VIEWS} "
+            f"(flips and 90-degree rotations); pass --tta 1 to --tta {MAX_VIEWS}"
+        ) from None
+
+
+def _check_root(root: str | Path, fmt: str) -> None:
+    folder = Path(root).expanduser().absolute()
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "no such folder"
+        raise UserError(f"--root {folder}: {what}; point --root at the unpacked {fmt} release (its top folder)")
+
+
+def _load_bundle(model_dir: str | Path, backend: str):
+    """The export at ``model_dir``; an incomplete folder is refused naming the missing files and the fix."""
+    from tuner.bundle import BACKENDS, CONFIG, LABELS
+    from tuner.predict import load_bundle
+
+    folder = Path(model_dir).expanduser()
+    if folder.is_dir() and backend in BACKENDS:
+        missing = [name for name in (CONFIG, LABELS, BACKENDS[backend]) if not (folder / name).is_file()]
+        if missing:
+            raise UserError(
+                f"--model {folder} is not a complete skintune export: {', '.join(missing)} missing; point --model "
+                "at the folder `skintune export --out` wrote, or export the model again"
+            )
+    return load_bundle(folder, backend)
 
 
 def _inputs(bundle, meta_site_map: ClassMapping | None) -> dict:

@@ -414,6 +414,62 @@ def case_predict_metadata_image_not_in_csv(c):
     return argv, ["patients.csv column 'image': no row for image 'ISIC_0000001.jpg'", "add a line 'ISIC_0000001.jpg"]
 
 
+# evaluate (an exported model over another dataset): refused before anything is prepared or written ----------------
+def _evaluate(c, *flags: str, model: str | None = None, fmt: str = "isic2019", root: Path | None = None) -> list[str]:
+    """``skintune evaluate`` of the corpus' metadata bundle (lesion classes MEL, NV) over the corpus' release."""
+    if model is None:
+        model, _ = _meta_bundle(c)
+    root = c.root if root is None else root
+    return ["evaluate", "--model", model, "--format", fmt, "--root", str(root), "--out", str(c.tmp / "eval"), *flags]
+
+
+def _nothing_written(c) -> None:
+    assert not (c.tmp / "eval").exists() and not any(c.tmp.rglob("dataset.json"))
+
+
+@bad
+def case_evaluate_unknown_format(c):
+    expected = ["unknown dataset format 'ham1000'", "did you mean 'ham10000'?", "set --format"]
+    return _evaluate(c, fmt="ham1000"), expected, _nothing_written
+
+
+@bad
+def case_evaluate_no_class_maps(c):
+    model, _ = _meta_bundle(c)
+    other = c.tmp / "other"
+    other.mkdir()
+    (other / "labels.csv").write_text("image,lesion\nwart1,wart\ncyst1,cyst\nwart2,wart\n")
+    for i, image in enumerate(["wart1", "cyst1", "wart2"]):
+        Image.new("RGB", (32, 24), (40 * i, 90, 120)).save(other / f"{image}.jpg")
+    options = ["file=labels.csv", "extension=.jpg", "site_column=null"]
+    argv = _evaluate(c, *[a for o in options for a in ("--option", o)], model=model, fmt="csv", root=other)
+    expected = [f"{other}: no csv class maps to a class of the model (MEL, NV)", "cyst: no ISIC 2019 equivalent"]
+    expected += ["wart: no ISIC 2019 equivalent", "a dataset that shares classes with the model"]
+    return argv, expected, _nothing_written
+
+
+@bad
+def case_evaluate_incomplete_export(c):
+    model, _ = _meta_bundle(c)
+    Path(model, "model.safetensors").unlink()
+    expected = [f"--model {model} is not a complete skintune export", "model.safetensors missing", "skintune export"]
+    return _evaluate(c, model=model), expected, _nothing_written
+
+
+@bad
+def case_evaluate_tta_9(c):
+    expected = ["--tta=9", "from 1 (no TTA) to 8", "pass --tta 1 to --tta 8"]
+    return _evaluate(c, "--tta", "9"), expected, _nothing_written
+
+
+@bad
+def case_evaluate_root_missing(c):
+    model, _ = _meta_bundle(c)
+    root = c.tmp / "no-such-release"
+    expected = [f"--root {root}: no such folder", "point --root at the unpacked isic2019 release"]
+    return _evaluate(c, model=model, root=root), expected, _nothing_written
+
+
 # the tests --------------------------------------------------------------------------------------------------------
 def error_line(capsys, argv: list[str]) -> str:
     """Run the CLI in-process; it must exit 2 with one ``skintune: error:`` line, the last on stderr."""
@@ -471,7 +527,7 @@ def test_debug_shows_the_traceback(name: str, corpus) -> None:
     assert expected[0] in str(info.value) and info.traceback  # the exception itself, with its traceback
 
 
-@pytest.mark.parametrize("name", ["unknown_format", "yaml_typo_key", "truncated_jpeg"])
+@pytest.mark.parametrize("name", ["unknown_format", "yaml_typo_key", "truncated_jpeg", "evaluate_incomplete_export"])
 def test_console_exit_code_is_2_without_traceback(name: str, corpus, cli_subprocess) -> None:
     argv, expected, *_ = BAD[name](corpus)
     run = cli_subprocess(*argv)

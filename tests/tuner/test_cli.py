@@ -9,8 +9,8 @@ import pytest
 
 from tuner.cli import build_parser, main
 
-COMMANDS = ["synth", "prepare", "train", "tune", "retrain", "compare", "export", "predict", "demo", "tensorboard"]
-COMMANDS += ["check-cluster", "submit", "jobs"]
+COMMANDS = ["synth", "prepare", "train", "tune", "retrain", "compare", "export", "predict", "evaluate", "demo"]
+COMMANDS += ["tensorboard", "check-cluster", "submit", "jobs"]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
