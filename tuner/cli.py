@@ -540,13 +540,22 @@ def _add_evaluate(sub) -> None:
     p = sub.add_parser(
         "evaluate",
         help="run an exported model over another dataset: metrics with CIs, ISIC-format predictions.csv",
-        description="External validation: prepare any dataset that `skintune prepare` reads (into a cache, "
-        "$SKINTUNE_CACHE/evaluate/, at the model's image size), map its label vocabulary onto the model's "
-        "(HAM10000, PAD-UFES-20, ISIC 2020... through the ISIC 2019 names; classes that do not map are listed and "
-        "left out, never merged), run the model (optionally with test-time augmentation) and write to --out: "
-        "predictions.csv in the ISIC challenge submission layout, metrics.json (balanced accuracy as the ISIC "
-        "challenge scores that file, macro AUC, accuracy, per-class recall and the site head's accuracy, each "
-        "with a lesion-grouped bootstrap CI), confusion_matrix.png and evaluate.md.",
+        description="External validation: run an exported model over any dataset that `skintune prepare` reads.\n\n"
+        "reads:   --model, a `skintune export` folder: config.json (preprocessing, temperature), labels.json and\n"
+        "         model.safetensors (or model.torchscript.pt); --root, the release in --format (with --option).\n"
+        "         The dataset is prepared once, at the model's image size, into $SKINTUNE_CACHE/evaluate/<key>\n"
+        "         (~/.cache/skintune by default); a rerun reuses it.\n"
+        "mapping: a dataset class goes to the model class of the same name, else of the same ISIC 2019 name:\n"
+        "         HAM10000 akiec, bcc, bkl, df, mel, nv, vasc -> AK, BCC, BKL, DF, MEL, NV, VASC;\n"
+        "         PAD-UFES-20 ACK, BCC, MEL, NEV, SCC, SEK -> AK, BCC, MEL, NV, SCC, BKL;\n"
+        "         ISIC 2020 melanoma -> MEL, nevus -> NV, seborrheic/lichenoid keratosis and solar lentigo -> BKL;\n"
+        "         derm7pt BCC, NEV, MEL, SK -> BCC, NV, MEL, BKL. Classes that do not map are listed (metrics.json,\n"
+        "         evaluate.md) and their images left out, never merged. Body sites map the same way.\n"
+        "writes:  --out/predictions.csv, the ISIC challenge submission layout (image, then the model's classes in\n"
+        "         the order MEL, NV, BCC, AK, BKL, DF, VASC, SCC, plus UNK = 0 for an ISIC 2019-vocabulary model);\n"
+        "         metrics.json: balanced accuracy (the challenge's score of predictions.csv), macro AUC, accuracy,\n"
+        "         per-class recall and the site head's accuracy, each with a lesion-grouped 95 % bootstrap CI;\n"
+        "         confusion_matrix.png and evaluate.md.",
         epilog="examples:\n  skintune evaluate --model results/demo/export --format ham10000 --root /data/HAM10000 "
         "--out eval-ham\n  skintune evaluate --model bundle/ --format pad_ufes20 --root /data/pad --tta 8 "
         "--out eval-pad\n  skintune evaluate --model bundle/ --format isic2019 --root data/synth-b "

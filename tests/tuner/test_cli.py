@@ -22,6 +22,20 @@ def test_every_subcommand_has_help_with_an_example(command, capsys):
     assert f"skintune {command}" in text and "example" in text
 
 
+def test_evaluate_help_says_what_it_reads_maps_and_writes(capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for read in ("config.json", "labels.json", "model.safetensors", "$SKINTUNE_CACHE/evaluate/<key>"):
+        assert read in text
+    assert "HAM10000 akiec, bcc, bkl, df, mel, nv, vasc -> AK, BCC, BKL, DF, MEL, NV, VASC" in text
+    assert "PAD-UFES-20 ACK, BCC, MEL, NEV, SCC, SEK -> AK, BCC, MEL, NV, SCC, BKL" in text
+    assert "left out, never merged" in text
+    for written in ("predictions.csv", "metrics.json", "confusion_matrix.png", "evaluate.md"):
+        assert written in text
+    assert "skintune evaluate --model results/demo/export --format ham10000" in text
+
+
 def test_top_level_help_lists_the_pipeline():
     text = build_parser().format_help()
     for command in COMMANDS:
