@@ -178,6 +178,9 @@ def read_metadata(bundle: Bundle, paths: Sequence[str | Path], source: MetadataS
         codes = dict(_csv_codes(Path(source.csv).expanduser(), files, fields, sites))
     else:
         codes = {f: _flag_code(f, v, sites) for f, v in source.flags().items() if f in fields}
+        unused = [f"--{f}" for f in source.flags() if f not in fields]
+        if unused:
+            print(f"predict: {', '.join(unused)} ignored: the model does not take it", file=sys.stderr)
     for name, values in codes.items():
         raw[:, RAW_FIELDS.index(name)] = values
     return raw

@@ -145,6 +145,8 @@ def test_csv_is_matched_by_file_name_and_missing_fields_are_reported(meta_export
     run_predict(single, images, metadata=MetadataSource(csv=path))
     err = capsys.readouterr().err
     assert "column(s) age ignored" in err and "sex: 1 image(s) (c.png)" in err and "age:" not in err
+    run_predict(single, images[:1], metadata=MetadataSource(age="40", sex="f"))
+    assert "predict: --age ignored: the model does not take it" in capsys.readouterr().err
 
 
 def test_image_only_model_warns_that_metadata_is_ignored(tmp_path, capsys):
