@@ -93,6 +93,8 @@ def run_evaluate(
     if split not in SPLIT_CHOICES:
         raise UserError(f"--split {split!r}: use one of {', '.join(SPLIT_CHOICES)}")
     _check_tta_flag(tta)
+    _check_positive("--batch-size", batch_size, 32)
+    _check_positive("--n-boot", n_boot, 1000)
     _check_root(root, fmt)
     bundle = _load_bundle(model_dir, backend)
     table = read_dataset(fmt, root, options)
@@ -144,6 +146,11 @@ def _check_tta_flag(tta) -> None:
             f"--tta={tta!r}: the number of test-time views must be a whole number from 1 (no TTA) to {MAX_VIEWS} "
             f"(flips and 90-degree rotations); pass --tta 1 to --tta {MAX_VIEWS}"
         ) from None
+
+
+def _check_positive(flag: str, value, default: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UserError(f"{flag} {value!r}: must be a whole number >= 1; leave {flag} out for {default}")
 
 
 def _check_root(root: str | Path, fmt: str) -> None:

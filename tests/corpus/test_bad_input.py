@@ -470,6 +470,12 @@ def case_evaluate_root_missing(c):
     return _evaluate(c, model=model, root=root), expected, _nothing_written
 
 
+@bad
+def case_evaluate_n_boot_0(c):
+    expected = ["--n-boot 0: must be a whole number >= 1", "leave --n-boot out for 1000"]
+    return _evaluate(c, "--n-boot", "0"), expected, _nothing_written
+
+
 # the tests --------------------------------------------------------------------------------------------------------
 def error_line(capsys, argv: list[str]) -> str:
     """Run the CLI in-process; it must exit 2 with one ``skintune: error:`` line, the last on stderr."""
