@@ -49,6 +49,14 @@ def test_zero_fractions_and_bad_fractions():
         assign_splits(lesion[:3], groups[:3], 0.15, 0.15, 0)
 
 
+def test_tiny_classes_are_refused_in_one_line_not_by_scikit_learn():
+    # 10 lesions, 5 per class: enough groups for 7 folds, but no class can give one image to each fold
+    lesion, groups = np.repeat([0, 1], 5), np.array([f"L{i}" for i in range(10)])
+    with pytest.raises(UserError, match="only 5 images in the largest class.*at least 7"):
+        assign_splits(lesion, groups, 0.15, 0.15, 0)
+    assert set(assign_splits(lesion, groups, 0.0, 0.0, 0)) == {"train"}
+
+
 def test_official_split_leak_is_refused():
     groups = np.array(["a", "a", "b"])
     with pytest.raises(UserError, match="group 'a'"):

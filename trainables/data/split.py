@@ -24,6 +24,12 @@ def _one_fold(y: np.ndarray, groups: np.ndarray, fraction: float, seed: int) -> 
             f"only {len(np.unique(groups))} lesion/patient groups: too few for a {fraction:.0%} split; "
             "add images or lower val_fraction/test_fraction"
         )
+    _, counts = np.unique(y, return_counts=True)
+    if counts.max() < n_splits:  # scikit-learn refuses: no class can fill one image per fold
+        raise UserError(
+            f"only {int(counts.max())} images in the largest class: too few for a {fraction:.0%} stratified split "
+            f"(it needs at least {n_splits}); add images or raise val_fraction/test_fraction (or set them to 0)"
+        )
     splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     with warnings.catch_warnings():
         # "The least populated class has only k members": expected for rare classes; they still get split.
