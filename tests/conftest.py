@@ -25,6 +25,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE_YAML = ROOT / "experiments" / "smoke.yaml"
 
+# Ray Train's controller polls its workers every 2 s by default, so each Train run (about 40 in the suite) starts,
+# reports and ends up to 2 s late. Timing only: every process the tests start (Ray nodes, drivers, jobs) inherits
+# this, and Train passes it on from a driver to its controller and workers.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+
 
 def deep_merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
@@ -99,6 +104,9 @@ class _RayNode:
     processes down on SIGTERM), never anyone else's."""
 
     def _start(self, cmd: list[str], env: dict, cwd: str | None, new_session: bool) -> None:
+        # on SIGTERM `ray start` first drains its node for up to 30 s (for Ray Serve's proxies): :meth:`stop` ends
+        # the node at once instead
+        env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
         if env.get("TMPDIR") == OWN_TMPDIR:  # the node's other temp files go below its Ray temp dir too
             env["TMPDIR"] = str(Path(self.temp, "tmp"))
             Path(env["TMPDIR"]).mkdir()
@@ -376,18 +384,31 @@ def smoke_data(tmp_path_factory) -> tuple[str, str]:
     return exp.data.root, ensure_data(exp, progress=False)
 
 
-@pytest.fixture
-def make_experiment(tmp_path, smoke_data):
-    """Build an ExperimentConfig from experiments/smoke.yaml with overrides, storage under tmp_path."""
+def _experiment_maker(base: Path, smoke_data: tuple[str, str]):
+    """make(name, **overrides) -> ExperimentConfig from experiments/smoke.yaml with overrides, the YAML and the
+    storage under ``base``."""
     from tuner.config import load_experiment
 
     def make(name: str = "smoke", **overrides):
         raw = yaml.safe_load(SMOKE_YAML.read_text())
         raw["data"].pop("synth")
         raw["data"].update(root=smoke_data[0], prepared=smoke_data[1])
-        raw = deep_merge(raw, {"name": name, "storage": str(tmp_path / "results"), **overrides})
-        path = tmp_path / f"{name}.yaml"
+        raw = deep_merge(raw, {"name": name, "storage": str(base / "results"), **overrides})
+        path = base / f"{name}.yaml"
         path.write_text(yaml.safe_dump(raw))
         return load_experiment(path)
 
     return make
+
+
+@pytest.fixture
+def make_experiment(tmp_path, smoke_data):
+    """Build an ExperimentConfig from experiments/smoke.yaml with overrides, storage under tmp_path."""
+    return _experiment_maker(tmp_path, smoke_data)
+
+
+@pytest.fixture(scope="module")
+def make_module_experiment(tmp_path_factory, smoke_data):
+    """make_experiment for module-scoped fixtures (one run shared by several tests): storage under one temp folder
+    per module."""
+    return _experiment_maker(tmp_path_factory.mktemp("module-experiments"), smoke_data)

@@ -24,53 +24,67 @@ from tuner.train_run import run_train
 pytestmark = pytest.mark.ray
 
 
+WEIGHTINGS = ("fixed", "uncertainty")
+
+
 def _ddp_probe(config: dict) -> None:
-    """One epoch through the real setup/train_epoch, then compare the ranks' weights and data."""
-    cfg = parse_train_config(config)
+    """Per loss weighting: one epoch through the real setup/train_epoch, then compare the ranks' weights and data.
+    (Both weightings in one worker group: each gets its own setup, model, loss and optimizer.)"""
     ctx = ray.train.get_context()
-    run = setup(cfg, ctx.get_world_rank(), ctx.get_world_size())
-    run.train_loader.sampler.set_epoch(0)
-    seen = list(iter(run.train_loader.sampler))
-    train_epoch(run, 0)
-    # every trainable parameter: the model's and the loss's (the learned task weights with `uncertainty`)
-    trainable = [p for p in (*unwrap(run.model).parameters(), *run.loss_fn.parameters()) if p.requires_grad]
-    flat = torch.cat([p.detach().flatten() for p in trainable])
-    loss_params = torch.cat([p.detach().flatten() for p in run.loss_fn.parameters()] or [torch.zeros(0)])
-    weights = [torch.zeros_like(flat) for _ in range(ctx.get_world_size())]
-    dist.all_gather(weights, flat)
-    indices: list = [None] * ctx.get_world_size()
-    dist.all_gather_object(indices, seen)
-    metrics = {
-        "max_weight_diff": max(float((w - weights[0]).abs().max()) for w in weights),
-        "weights_moved": float((flat - flat.new_tensor(0)).abs().sum()),
-        "loss_params": len(loss_params),
-        "loss_params_moved": float(loss_params.abs().sum()),  # log-variances start at 0
-        "shared_indices": len(set(indices[0]) & set(indices[1])),
-        "indices_per_rank": len(indices[0]),
-    }
+    metrics = {}
+    for weighting in WEIGHTINGS:
+        cfg = parse_train_config({**config, "loss_weighting": weighting})
+        run = setup(cfg, ctx.get_world_rank(), ctx.get_world_size())
+        run.train_loader.sampler.set_epoch(0)
+        seen = list(iter(run.train_loader.sampler))
+        train_epoch(run, 0)
+        # every trainable parameter: the model's and the loss's (the learned task weights with `uncertainty`)
+        trainable = [p for p in (*unwrap(run.model).parameters(), *run.loss_fn.parameters()) if p.requires_grad]
+        flat = torch.cat([p.detach().flatten() for p in trainable])
+        loss_params = torch.cat([p.detach().flatten() for p in run.loss_fn.parameters()] or [torch.zeros(0)])
+        weights = [torch.zeros_like(flat) for _ in range(ctx.get_world_size())]
+        dist.all_gather(weights, flat)
+        indices: list = [None] * ctx.get_world_size()
+        dist.all_gather_object(indices, seen)
+        found = {
+            "max_weight_diff": max(float((w - weights[0]).abs().max()) for w in weights),
+            "weights_moved": float((flat - flat.new_tensor(0)).abs().sum()),
+            "loss_params": len(loss_params),
+            "loss_params_moved": float(loss_params.abs().sum()),  # log-variances start at 0
+            "shared_indices": len(set(indices[0]) & set(indices[1])),
+            "indices_per_rank": len(indices[0]),
+        }
+        metrics.update({f"{weighting}/{key}": value for key, value in found.items()})
     with tempfile.TemporaryDirectory() as tmp:  # Train V2 keeps metrics with checkpoints only
         Path(tmp, "probe.txt").write_text("probe")
         checkpoint = ray.train.Checkpoint.from_directory(tmp) if ctx.get_world_rank() == 0 else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
-@pytest.mark.parametrize("weighting", ["fixed", "uncertainty"])
-def test_two_ddp_workers_hold_identical_weights_on_disjoint_data(ray_cluster, make_experiment, tmp_path, weighting):
-    exp = make_experiment()
-    config = {**exp.train.train_config(), "prepared": exp.prepared_dir, "loss_weighting": weighting}
+@pytest.fixture(scope="module")
+def ddp_probe(ray_cluster, make_module_experiment, tmp_path_factory) -> dict:
+    """One 2-worker TorchTrainer run of _ddp_probe: its metrics for every weighting."""
+    exp = make_module_experiment()
+    config = {**exp.train.train_config(), "prepared": exp.prepared_dir}
     trainer = TorchTrainer(
         _ddp_probe,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=2),
-        run_config=RunConfig(name="ddp", storage_path=str(tmp_path)),
+        run_config=RunConfig(name="ddp", storage_path=str(tmp_path_factory.mktemp("ddp"))),
     )
     result = trainer.fit()
     assert result.error is None
-    assert result.metrics["max_weight_diff"] == 0.0  # model and loss parameters alike, on both ranks
-    assert result.metrics["weights_moved"] > 0
-    assert result.metrics["loss_params"] == (2 if weighting == "uncertainty" else 0)
-    assert (result.metrics["loss_params_moved"] > 0) == (weighting == "uncertainty")
-    assert result.metrics["shared_indices"] == 0 and result.metrics["indices_per_rank"] > 10
+    return result.metrics
+
+
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
+def test_two_ddp_workers_hold_identical_weights_on_disjoint_data(ddp_probe, weighting):
+    m = {key.split("/", 1)[1]: value for key, value in ddp_probe.items() if key.startswith(f"{weighting}/")}
+    assert m["max_weight_diff"] == 0.0  # model and loss parameters alike, on both ranks
+    assert m["weights_moved"] > 0
+    assert m["loss_params"] == (2 if weighting == "uncertainty" else 0)
+    assert (m["loss_params_moved"] > 0) == (weighting == "uncertainty")
+    assert m["shared_indices"] == 0 and m["indices_per_rank"] > 10
 
 
 def _events(logdir: str) -> EventAccumulator:
@@ -79,9 +93,16 @@ def _events(logdir: str) -> EventAccumulator:
     return acc
 
 
-def test_train_checkpoints_logs_and_resumes_with_optimizer_state(ray_cluster, make_experiment):
-    exp = make_experiment("resume", train={"workers_per_trial": 1, "epochs": 1})
-    first = run_train(exp, name="run")
+@pytest.fixture(scope="module")
+def first_run(ray_cluster, make_module_experiment):
+    """One epoch of the smoke experiment on 1 worker, seed 0 (the default): (its experiment, Ray Train's Result).
+    Resumed by the checkpoint test, compared with more runs by the seed test."""
+    exp = make_module_experiment("resume", train={"workers_per_trial": 1, "epochs": 1})
+    return exp, run_train(exp, name="run")
+
+
+def test_train_checkpoints_logs_and_resumes_with_optimizer_state(first_run, make_module_experiment):
+    exp, first = first_run
     assert first.error is None
     m = first.metrics
     for key in (
@@ -116,7 +137,7 @@ def test_train_checkpoints_logs_and_resumes_with_optimizer_state(ray_cluster, ma
     assert any("config" in t for t in tags["tensors"])
 
     # same run name, more epochs: resumes at epoch 2 with the optimizer's and scheduler's state
-    more = make_experiment("resume", train={"workers_per_trial": 1, "epochs": 2})
+    more = make_module_experiment("resume", train={"workers_per_trial": 1, "epochs": 2})
     second = run_train(more, name="run")
     assert second.error is None and second.metrics["epoch"] == 2
     state = load_train_state(second.checkpoint.path)
@@ -126,9 +147,11 @@ def test_train_checkpoints_logs_and_resumes_with_optimizer_state(ray_cluster, ma
     assert adam_steps == {2.0 * steps}  # a fresh optimizer would have counted `steps` only
 
 
-def test_same_seed_same_first_epoch_loss(ray_cluster, make_experiment):
-    losses = []
-    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+def test_same_seed_same_first_epoch_loss(first_run, make_experiment):
+    exp, first = first_run
+    assert exp.train.seed == 0
+    losses = [first.metrics["train/loss"]]  # seed 0
+    for name, seed in (("b", 0), ("c", 1)):
         exp = make_experiment(f"seed-{name}", train={"workers_per_trial": 1, "epochs": 1, "seed": seed})
         result = run_train(exp, name="run")
         losses.append(result.metrics["train/loss"])
