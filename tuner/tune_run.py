@@ -196,7 +196,8 @@ def _announce(exp: ExperimentConfig, arm: str, restore: bool, concurrency: int) 
     budget = f", stopped at {t.max_trial_epochs} trial-epochs" if t.max_trial_epochs else ""
     scheduler = f"ASHA (grace {t.grace_period}, factor {t.reduction_factor:g})" if t.scheduler == "asha" else "FIFO"
     print(
-        f"tune: {search_title(exp, arm)}{' (resumed)' if restore else ''}, {t.num_samples} trials of up to "
+        f"tune: {search_title(exp, arm)}{' (resumed)' if restore else ''}, {t.num_samples} "
+        f"trial{'s' if t.num_samples != 1 else ''} of up to "
         f"{t.max_epochs} epochs{budget}, {t.sampler.upper()} seed {t.seed} + {scheduler}, {concurrency} at once "
         f"({tune_dir(exp, arm)})",
         flush=True,

@@ -1,6 +1,7 @@
-"""The equal-budget tuned baseline (``compare: {baseline: tuned}``): its config, layout and search space, the
-budget check of retrain (unit tests, no Ray), and the whole pipeline on a real local Ray: tune runs both
-searches, retrain uses the baseline's best trial, the report shows both budgets."""
+"""The equal-budget tuned baseline (``compare: {baseline: tuned}``) and named arms (``compare.arms``): config,
+layout and each arm's search space, the budget check of retrain (unit tests, no Ray), and the four-arm smoke
+comparison on a real local Ray: tune runs a search per arm, retrain trains each arm from its own search's best
+trial, the report compares each arm with single-task and shows every budget."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from tuner.retrain import search_budgets
 from tuner.searcher import arm_space
 from tuner.tune_run import write_experiment_yaml
 
-FOLDERS = {"mtl": "tune", SINGLE_TASK: "tune_single_task"}
+FOLDERS = {"mtl": "tune", "meta": "tune_meta", "mtl_meta": "tune_mtl_meta", SINGLE_TASK: "tune_single_task"}
 
 
 def _error(capsys, argv: list[str]) -> str:
@@ -186,55 +187,95 @@ def test_budget_table_and_best_so_far_plot(make_experiment, tmp_path):
 
 
 @pytest.mark.ray
-def test_tuned_baseline_pipeline_tune_retrain_compare(ray_cluster, make_experiment, tmp_path, capsys):
-    # smoke sizes: 2 trials of 1 epoch in each search, 1 worker a trial (two trials at once on the test cluster)
+def test_four_tuned_arms_pipeline_tune_retrain_compare(ray_cluster, make_experiment, tmp_path, capsys):
+    """The four-arm smoke comparison end to end on real Ray, each arm tuned with the same budget (the tuned
+    baseline's machinery, one search per arm): tune, resume, retrain, compare."""
+    # smoke sizes: 1 trial of 1 epoch in each of the 4 searches (the space's defaults: the best-trial choice has its
+    # own tests), 1 worker a run (two at once on the test cluster), 2 seeds of each arm, the 48 px smoke data
     exp = make_experiment(
         "tuned",
-        compare={"baseline": "tuned"},
-        tune={"num_samples": 2, "max_epochs": 1, "grace_period": 1},
+        compare={"baseline": "tuned", "arms": "all"},
+        tune={"num_samples": 1, "max_epochs": 1, "grace_period": 1},
         train={"workers_per_trial": 1, "epochs": 1},
         retrain={"seeds": 2},
     )
     config, root = str(tmp_path / "tuned.yaml"), Path(exp.experiment_dir)
     assert main(["tune", "--config", config]) == 0
     printed = capsys.readouterr().out
-    assert "tune: MTL search, 2 trials" in printed and "tune: single-task baseline search, 2 trials" in printed
+    assert "tune: MTL search, 1 trial of" in printed and "tune: single-task baseline search, 1 trial of" in printed
+    assert "tune: metadata input search, 1 trial of" in printed and "tune: MTL + metadata search, 1 trial of" in printed
 
-    # two searches, each with its own table, runs and record; the same budget and data
-    mtl = pd.read_parquet(root / "tune" / "results.parquet")
-    single = pd.read_parquet(root / "tune_single_task" / "results.parquet")
-    assert len(mtl) == len(single) == 2 and (single["status"] != "error").all()
+    # a search per arm, each with its own table, runs and record; the same budget and data
+    tables = {arm: pd.read_parquet(root / folder / "results.parquet") for arm, folder in FOLDERS.items()}
+    mtl, single, meta, both = (tables[a] for a in ("mtl", SINGLE_TASK, "meta", "mtl_meta"))
+    assert all(len(t) == 1 and (t["status"] != "error").all() for t in tables.values())
     assert mtl["param/w_site"].notna().all() and "param/w_site" not in single
     assert (single["param/multitask"] == False).all()  # noqa: E712 - a column of numpy bools
     assert single["checkpoint_path"].map(lambda p: "tune_single_task/runs/" in str(p)).all()
+    for table in (meta, both):  # the metadata arms searched the metadata branch too
+        assert table["param/metadata_inputs"].map(lambda v: sorted(v) == ["age", "sex", "site"]).all()
+        assert table["param/fusion_width"].notna().all() and table["param/metadata_dropout"].notna().all()
+    assert both["param/w_site"].notna().all() and "param/w_site" not in meta
     records = {arm: json.loads((root / folder / "search.json").read_text()) for arm, folder in FOLDERS.items()}
     fingerprint = json.loads((Path(exp.prepared_dir) / "dataset.json").read_text())["fingerprint"]
-    for record in records.values():
-        assert record["finished"] and record["trials_run"] == 2 and record["trial_epochs"] == 2 and record["wall_s"] > 0
-        assert record["dataset_fingerprint"] == fingerprint
-    assert {f: records["mtl"][f] for f in BUDGET_FIELDS} == {f: records[SINGLE_TASK][f] for f in BUDGET_FIELDS}
+    for arm, record in records.items():
+        assert record["arm"] == arm and record["finished"] and record["trials_run"] == 1
+        assert record["trial_epochs"] == 1 and record["wall_s"] > 0 and record["dataset_fingerprint"] == fingerprint
+        assert {f: record[f] for f in BUDGET_FIELDS} == {f: records["mtl"][f] for f in BUDGET_FIELDS}
 
-    # --resume after both finished: each search is kept, not rerun
-    tables = {p: p.stat().st_mtime_ns for p in root.glob("tune*/results.parquet")}
+    # --resume after all finished: each search is kept, not rerun
+    mtimes = {p: p.stat().st_mtime_ns for p in root.glob("tune*/results.parquet")}
     assert main(["tune", "--config", config, "--resume"]) == 0
     printed = capsys.readouterr().out
-    assert printed.count("finished earlier; kept") == 2
-    assert {p: p.stat().st_mtime_ns for p in root.glob("tune*/results.parquet")} == tables
+    assert printed.count("finished earlier; kept") == 4
+    assert {p: p.stat().st_mtime_ns for p in root.glob("tune*/results.parquet")} == mtimes
 
-    # retrain: the baseline is the single-task search's best trial (compare.baseline is the default)
+    # retrain: every arm x seed, each arm from its own search's best trial (compare.baseline is the default)
     common = ["--storage", exp.storage, "--experiment", "tuned"]
     assert main(["retrain", *common]) == 0
     summary = json.loads((root / "retrain" / "summary.json").read_text())
-    assert summary["baseline_kind"] == "tuned" and summary["budgets"]["single_task"]["arm"] == "single_task"
+    assert summary["baseline_kind"] == "tuned" and summary["arms"] == ["mtl", "meta", "mtl_meta", SINGLE_TASK]
+    assert {arm: summary["budgets"][arm]["arm"] for arm in FOLDERS} == {arm: arm for arm in FOLDERS}
     best = single.sort_values("best_objective", ascending=False).iloc[0]
     assert summary["baseline_config"]["lr_head"] == pytest.approx(best["param/lr_head"])
     assert summary["baseline_config"]["multitask"] is False and summary["config"]["multitask"] is True
+    flags = {arm: (c["multitask"], c["metadata_inputs"]) for arm, c in summary["configs"].items()}
+    assert flags == {
+        "mtl": (True, []),
+        "meta": (False, ["site", "age", "sex"]),
+        "mtl_meta": (True, ["site", "age", "sex"]),
+        SINGLE_TASK: (False, []),
+    }
+    n_test = None
+    for arm in FOLDERS:
+        for seed in (0, 1):
+            preds = pd.read_parquet(root / "retrain" / arm / f"seed_{seed}" / "predictions.parquet")
+            n_test = n_test or len(preds)
+            assert len(preds) == n_test and preds["lesion_probs"].map(len).gt(1).all(), (arm, seed)
+            metrics = json.loads((root / "retrain" / arm / f"seed_{seed}" / "metrics.json").read_text())
+            assert metrics["arm"] == arm and metrics["seed"] == seed and "test/lesion_bacc" in metrics["test"]
 
-    # the report: both searches' budgets side by side, their best-so-far curves, the baseline named for what it is
+    # the report: each arm against single-task, Holm over the arms, what each needs at inference, every budget
     assert main(["compare", *common]) == 0
     markdown = (root / "report" / "report.md").read_text()
-    assert "Baseline search" in markdown and "tuned (the best trial of its own single-task search" in markdown
+    assert "## Headline: each arm vs single-task" in markdown
+    primary = [
+        [c.strip() for c in line.strip().strip("|").split("|")]
+        for line in markdown.splitlines()
+        if "| balanced accuracy | primary |" in line
+    ]
+    assert [row[0] for row in primary] == ["MTL", "metadata input", "MTL + metadata"]  # 3 comparisons
+    arms = json.loads((root / "report" / "arms.json").read_text())
+    assert sorted(arms) == ["meta", "mtl", "mtl_meta"]
+    for arm in arms:
+        row = arms[arm]["test/lesion_bacc"]
+        assert row["role"] == "primary" and row["p_holm"] >= row["p_value"]
+    assert "| metadata input (`meta`) | lesion only | image + site, age, sex |" in markdown
+    assert "| MTL + metadata (`mtl_meta`) | lesion + body site (auxiliary head) | image + site, age, sex |" in markdown
+    assert "| MTL (`mtl`) | lesion + body site (auxiliary head) | image only |" in markdown
+    assert "Arm searches" in markdown and "tuned (each arm is the best trial of its own search" in markdown
     budget_row = next(line for line in markdown.splitlines() if line.startswith("| trial-epochs run"))
-    assert budget_row.replace(" ", "") == "|trial-epochsrun|2|2|"
-    assert "| MTL search | single-task baseline search |" in markdown and "same budget" in markdown
+    assert budget_row.replace(" ", "") == "|trial-epochsrun|1|1|1|1|"
+    searches = "| MTL search | metadata input search | MTL + metadata search | single-task baseline search |"
+    assert searches in markdown and "All 4 searches had the same budget" in markdown
     Image.open(root / "report" / "best_so_far.png").verify()
