@@ -235,22 +235,23 @@ def test_a_search_trains_on_both_worker_nodes_fetches_the_data_once_per_node_and
 
     cluster, s3 = ray_nodes, ray_nodes.s3
     repo_before = _repo_files()
-    config = _experiment(tmp_path, smoke_data, "spread", {"num_samples": 3, "max_epochs": 2}, {})
+    # two trials: the cluster holds two at once, one Train worker on each worker node
+    config = _experiment(tmp_path, smoke_data, "spread", {"num_samples": 2, "max_epochs": 2}, {})
     storage, prefix = "s3://lab/multi", "multi/spread/"
     start = len(s3.log())
     text = _finished(
         _submit(cluster, _client_env(cluster, tmp_path), config, storage, tmp_path / "job.log"), tmp_path / "job.log"
     )
-    assert "tune: 3 trials" in text
+    assert "tune: 2 trials" in text
     requests = s3.log(start)
 
     # the trials trained on both worker nodes, as the S3 log and Ray's own record of the Train workers say
     nodes = _trial_nodes(requests, prefix)
-    assert len(nodes) == 3 and all(len(n) == 1 for n in nodes.values()), nodes  # each trial on one node
+    assert len(nodes) == 2 and all(len(n) == 1 for n in nodes.values()), nodes  # each trial on one node
     assert {n[0] for n in nodes.values()} == set(WORKERS), nodes
     names = {node_id: name for name, node_id in cluster.nodes().items()}
     actors = list_actors(address=cluster.dashboard, filters=[("class_name", "=", "RayTrainWorker")], limit=1000)
-    assert len(actors) >= 3 and {names[a.node_id] for a in actors} == set(WORKERS), actors  # none on the head
+    assert len(actors) >= 2 and {names[a.node_id] for a in actors} == set(WORKERS), actors  # none on the head
 
     # the prepared data: written by the job on the head, fetched once by each worker node into its own cache
     prepared = sorted(o for o in {_object(p) for _, p, _ in requests} if o.startswith(f"{prefix}prepared/"))
@@ -284,7 +285,7 @@ def test_a_search_trains_on_both_worker_nodes_fetches_the_data_once_per_node_and
 
     # the results table (ASHA may have stopped trials: each epoch once is checked in the node-loss test)
     table = pd.read_parquet(io.BytesIO(st.read_bytes(f"{storage}/spread/tune/results.parquet")))
-    assert len(table) == 3 and set(table["trial_id"]) == set(nodes)
+    assert len(table) == 2 and set(table["trial_id"]) == set(nodes)
 
 
 def _durable_epoch(storage: str, trial: str) -> int | None:
