@@ -22,7 +22,6 @@ and ``metadata_inputs`` switched (:func:`switch`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 from search_spaces import SearchSpace, load_space
 from trainables.config import TRAIN_KEYS
@@ -69,15 +68,12 @@ def title(arm: str) -> str:
     return ARMS[arm].title if arm in ARMS else arm
 
 
-@lru_cache(maxsize=64)
-def _space_arm(search_space: str, multitask: bool, metadata: bool) -> str:
-    defaults = load_space(search_space).defaults()
-    return arm_of(bool(defaults.get("multitask", multitask)), bool(defaults.get("metadata_inputs", metadata)))
-
-
 def primary_arm(exp: ExperimentConfig) -> str:
-    """The arm of the experiment's own search (``tune/``): what its search space (else ``train:``) sets."""
-    return _space_arm(exp.search_space, exp.train.multitask, bool(exp.train.metadata_inputs))
+    """The arm of the experiment's own search (``tune/``): what its search space (else ``train:``) sets. (Read from
+    the space each time, a small YAML file: a cache could outlive an edited space or a changed working folder.)"""
+    defaults = load_space(exp.search_space).defaults()
+    multitask = defaults.get("multitask", exp.train.multitask)
+    return arm_of(bool(multitask), bool(defaults.get("metadata_inputs", exp.train.metadata_inputs)))
 
 
 def comparison_arms(exp: ExperimentConfig) -> tuple[str, ...]:
