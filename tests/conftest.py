@@ -29,6 +29,9 @@ SMOKE_YAML = ROOT / "experiments" / "smoke.yaml"
 # reports and ends up to 2 s late. Timing only: every process the tests start (Ray nodes, drivers, jobs) inherits
 # this, and Train passes it on from a driver to its controller and workers.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+# and each Train run starts a preemption watcher, one more actor process, which only acts when Ray Core drains a
+# node (a spot instance's notice); no test drains one (a lost node is SIGKILLed: test_multinode.py)
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 def deep_merge(base: dict, override: dict) -> dict:

@@ -311,7 +311,7 @@ def test_a_worker_node_lost_mid_trial_the_trial_continues_on_the_other_node_from
         tmp_path,
         smoke_data,
         "lost",
-        {"num_samples": 2, "max_epochs": epochs, "scheduler": "none"},
+        {"num_samples": 1, "max_epochs": epochs, "scheduler": "none"},  # one trial: the other node is free for it
         {"image_size": 160, "epochs": epochs},
     )
     storage, prefix = "s3://lab/multi", "multi/lost/"
@@ -338,7 +338,7 @@ def test_a_worker_node_lost_mid_trial_the_trial_continues_on_the_other_node_from
     trial, lost, at = killed
     (survivor,) = set(WORKERS) - {lost}
     assert lost not in cluster.nodes()  # Ray saw the node die
-    assert "tune: 2 trials (2 completed)" in text, text[-3000:]
+    assert "tune: 1 trials (1 completed)" in text, text[-3000:]
 
     # the trial continued on the surviving node: its rank-0 worker's events came from the lost node before the kill,
     # from the survivor after it (the head takes no Train worker)
@@ -348,7 +348,7 @@ def test_a_worker_node_lost_mid_trial_the_trial_continues_on_the_other_node_from
 
     # no trial lost or repeated, each epoch once in progress.csv and TensorBoard
     folder = st.download(f"{storage}/lost", tmp_path / "copy", skip=lambda rel: rel.startswith("tune/runs/"))
-    dirs = _check_each_epoch_once(folder, epochs, 2)
+    dirs = _check_each_epoch_once(folder, epochs, 1)
     # the interrupted trial restarted from its checkpoint: its rank-0 worker's first start logged epochs 1..k
     # (k >= 1, the checkpoint seen at the kill), its restart k+1.. only (a restart from scratch would log 1 again)
     (path,) = [p for p in dirs if p.name.split("_")[2] == trial]
