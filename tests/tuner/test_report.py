@@ -20,6 +20,7 @@ from search_spaces import load_space
 from trainables.errors import UserError
 from trainables.metrics import lesion_metrics, prefixed
 from tuner.report import build_report, context_sections, result_sections
+from tuner.report.load import load_inputs
 from tuner.report.search import base_value, edge
 
 LESION, SITES, SEEDS, N = ["MEL", "NV", "BCC"], ["head", "trunk"], [0, 1], 60
@@ -349,3 +350,53 @@ def test_a_summary_with_unknown_arms_is_a_user_error(tmp_path):
     (exp / "retrain" / "summary.json").write_text(json.dumps({**summary, "arms": ["mtl", "meta"]}))
     with pytest.raises(UserError, match=r"summary.json: arms \['mtl', 'meta'\] must .* include single_task"):
         build_report(exp)
+
+
+def test_calibration_section_has_tta_line_table_and_figures(report, arms_report):
+    md = (report / "report.md").read_text()
+    assert "## Calibration and test evaluation" in md
+    assert "Test-time augmentation: not recorded" in md  # the fake runs predate metrics.json's test_eval
+    assert "fits a temperature T on the validation split" in md  # raw calibration; export fits T
+    for out, arms in (
+        (report, ["MTL", "single-task"]),
+        (arms_report, ["MTL", "metadata input", "MTL + metadata", "single-task"]),
+    ):
+        text = (out / "report.md").read_text()
+        body = text.split("| arm | ECE | NLL | ECE per seed |")[1].split("\n\n")[0]
+        rows = [_cells(line) for line in body.strip().splitlines()[1:]]
+        assert [r[0] for r in rows] == arms  # a row per arm
+        assert all(" ± " in r[1] and " ± " in r[2] for r in rows)
+        for name in ("reliability.png", "roc.png"):
+            with Image.open(out / name) as img:
+                assert img.size[0] > 100
+    assert re.search(r"MEL, MTL: AUC|ROC per class: MTL \(solid\) and single-task \(dashed\)", md)
+
+
+def test_tta_line_reads_each_runs_test_eval():
+    old = {"mtl": [{}], "single_task": [{}]}
+    assert "not recorded" in result_sections.tta_text(old)
+    on = {
+        "mtl": [{"test_eval": {"tta": 8, "device": "cuda"}}],
+        "single_task": [{"test_eval": {"tta": 8, "device": "cuda"}}],
+    }
+    assert result_sections.tta_text(on).startswith(
+        "Test-time augmentation: on (8 views"
+    ) and "`cuda`" in result_sections.tta_text(on)
+    off = {"mtl": [{"test_eval": {"tta": 1, "device": "cpu"}}], "single_task": [{}]}
+    assert "off (1 view)" in result_sections.tta_text(
+        off
+    ) and "not recorded for 1 of 2 runs" in result_sections.tta_text(off)
+
+
+def test_ece_of_a_calibrated_arm_is_small_next_to_an_over_confident_one(tmp_path):
+    inp = load_inputs(make_experiment(tmp_path, with_search=False))
+    rng, n, k = np.random.default_rng(3), 4000, 3
+    calibrated = rng.dirichlet(np.ones(k), n)  # the true class is drawn from the probabilities: calibrated
+    labels = np.array([rng.choice(k, p=p) for p in calibrated])
+    over = np.full((n, k), 0.005)
+    over[np.arange(n), calibrated.argmax(axis=1)] = 0.99  # the same argmax, 99 % sure
+    inp.lesion = labels
+    inp.probs = {"mtl": [calibrated], "single_task": [over]}
+    numbers = result_sections.calibration_numbers(inp)
+    assert numbers["mtl"]["ece"][0] < 0.03 < 0.2 < numbers["single_task"]["ece"][0]
+    assert numbers["mtl"]["nll"][0] < numbers["single_task"]["nll"][0]

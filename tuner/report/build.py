@@ -57,6 +57,7 @@ def build_report(experiment_dir: str | Path, n_boot: int = N_BOOT, n_perm: int =
         result_sections.per_site(inp, out),
         result_sections.confusion(inp, out),
         result_sections.site_head(inp, table),
+        result_sections.calibration(inp, out),
         context_sections.search(inp, out),
         context_sections.data(inp, out),
         context_sections.reproduction(inp),

@@ -244,3 +244,49 @@ def data_counts(counts: dict[str, dict], lesion_classes: list[str], site_classes
         _style(ax)
     _legend_right(axes[1])
     return _save(fig, path)
+
+
+def reliability(pooled: dict[str, tuple[np.ndarray, np.ndarray]], bins: int, path: Path) -> Path:
+    """Reliability diagram of the top class, one curve per arm (``pooled[arm]`` = (probs, labels) of all its
+    seeds): accuracy against mean confidence in ``bins`` equal-width confidence bins (empty bins left out), the
+    diagonal = perfect calibration; below it = over-confident."""
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    ax.plot([0, 1], [0, 1], color="#9aa5b1", lw=1, ls="--", label="perfectly calibrated")
+    for arm, (probs, labels) in pooled.items():
+        confidence, hit = probs.max(axis=1), probs.argmax(axis=1) == labels
+        which = np.minimum((confidence * bins).astype(np.int64), bins - 1)  # the bins of calibration.ece
+        used = [k for k in range(bins) if (which == k).any()]
+        conf = [confidence[which == k].mean() for k in used]
+        acc = [hit[which == k].mean() for k in used]
+        ax.plot(conf, acc, marker="o", ms=4, color=ARM_COLORS.get(arm, "#555"), label=ARM_LABELS.get(arm, arm))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("mean top-class confidence (bin)")
+    ax.set_ylabel("accuracy (bin)")
+    ax.set_title(f"reliability, test split, seeds pooled ({bins} bins)")
+    _legend_right(ax)
+    _style(ax, "both")
+    return _save(fig, path)
+
+
+def roc_per_class(
+    curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray, float]]], dashed: set[str], path: Path
+) -> Path:
+    """One-vs-rest ROC curves per class: ``curves[arm][class]`` = (fpr, tpr, auc); one colour per class, the arms
+    in ``dashed`` drawn dashed; the AUC of each curve in the legend."""
+    fig, ax = plt.subplots(figsize=(6.4, 5.0))
+    colors = plt.get_cmap("tab10")
+    ax.plot([0, 1], [0, 1], color="#9aa5b1", lw=1, ls=":")
+    for arm, per_class in curves.items():
+        for i, (name, (fpr, tpr, auc)) in enumerate(per_class.items()):
+            style = "--" if arm in dashed else "-"
+            label = f"{name}, {ARM_LABELS.get(arm, arm).split(' (')[0]}: AUC {auc:.3f}"
+            ax.plot(fpr, tpr, ls=style, lw=1.3, color=colors(i % 10), label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("one-vs-rest ROC per class, test split, seeds pooled")
+    _legend_right(ax)
+    _style(ax, "both")
+    return _save(fig, path)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score, roc_curve
 
+from trainables import calibration as calib
 from trainables.metrics import confusion_matrix
 from tuner import arms as arms_mod
 from tuner import stats
@@ -23,6 +25,7 @@ TITLES = {
     "sites": "Lesion accuracy per body site",
     "confusion": "Confusion matrices",
     "site_head": "Site head",
+    "calibration": "Calibration and test evaluation",
 }
 BASELINE = {
     "ablation": (
@@ -430,5 +433,98 @@ def site_head(inp: Inputs, table: pd.DataFrame) -> Section:
                 "predicts from the image features only."
             ),
             Table(["metric", "arm", "mean ± sd", "per seed"], rows),
+        ],
+    )
+
+
+def _views(n: int) -> str:
+    return "off (1 view)" if n <= 1 else f"on ({n} views: flips and 90-degree rotations, softmax averaged)"
+
+
+def tta_text(metrics: dict[str, list[dict]]) -> str:
+    """One line: whether the retrain runs' test evaluation used test-time augmentation, and on which device (each
+    run's ``metrics.json`` ``test_eval``; runs written before it was recorded: "not recorded")."""
+    runs = [m for per_arm in metrics.values() for m in per_arm]
+    recorded = [m["test_eval"] for m in runs if isinstance(m.get("test_eval"), dict)]
+    if not recorded:
+        return (
+            "Test-time augmentation: not recorded (these runs' metrics.json predate the `test_eval` record; "
+            "rerun `skintune retrain` to record it)."
+        )
+    views = sorted({int(r.get("tta", 1)) for r in recorded})
+    devices = sorted({str(r.get("device", "?")) for r in recorded})
+    tta = _views(views[0]) if len(views) == 1 else "mixed: " + ", ".join(_views(v) for v in views)
+    missing = len(runs) - len(recorded)
+    tail = f"; not recorded for {missing} of {len(runs)} runs" if missing else ""
+    return f"Test-time augmentation: {tta}; test evaluation on {', '.join(f'`{d}`' for d in devices)}{tail}."
+
+
+def calibration_numbers(inp: Inputs, bins: int = calib.ECE_BINS) -> dict[str, dict[str, list[float]]]:
+    """``arm -> {"ece": [per seed], "nll": [per seed]}`` of the lesion head's raw test probabilities."""
+    return {
+        arm: {
+            "ece": [calib.ece(p, inp.lesion, bins) for p in inp.probs[arm]],
+            "nll": [calib.nll(p, inp.lesion) for p in inp.probs[arm]],
+        }
+        for arm in inp.arms
+    }
+
+
+def primary_of(inp: Inputs) -> str:
+    """The arm of the experiment's own search as summary.json names it; else MTL, else the first compared arm."""
+    named = inp.summary.get("primary_arm")
+    if named in inp.compared:
+        return str(named)
+    return MTL if MTL in inp.compared else inp.compared[0]
+
+
+def _pooled(inp: Inputs, arm: str) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate(inp.probs[arm]), np.tile(inp.lesion, len(inp.seeds))
+
+
+def _roc(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
+    out = {}
+    for c, name in enumerate(classes):
+        truth = labels == c
+        if 0 < truth.sum() < len(truth):  # a class with no positive (or no negative) test image has no curve
+            fpr, tpr, _ = roc_curve(truth, probs[:, c])
+            out[name] = (fpr, tpr, float(roc_auc_score(truth, probs[:, c])))
+    return out
+
+
+def calibration(inp: Inputs, out: Path) -> Section:
+    numbers = calibration_numbers(inp)
+    rows = [
+        [
+            _label(arm),
+            fmt_ms(numbers[arm]["ece"]),
+            fmt_ms(numbers[arm]["nll"]),
+            ", ".join(f"{v:.3f}" for v in numbers[arm]["ece"]),
+        ]
+        for arm in inp.arms
+    ]
+    bins = calib.ECE_BINS
+    reliability = plots.reliability({arm: _pooled(inp, arm) for arm in inp.arms}, bins, out / "reliability.png")
+    primary = primary_of(inp)
+    curves = {arm: _roc(*_pooled(inp, arm), inp.lesion_classes) for arm in (primary, REFERENCE)}
+    roc = plots.roc_per_class(curves, {REFERENCE}, out / "roc.png")
+    return Section(
+        TITLES["calibration"],
+        [
+            Text(tta_text(inp.metrics)),
+            Text(
+                "Calibration of the lesion head's test probabilities as retrain wrote them: raw, before any "
+                "temperature scaling (`skintune export` fits a temperature T on the validation split and stores it "
+                "with the model; predict and evaluate divide the logits by it). ECE: expected calibration error of "
+                f"the top class over {bins} equal-width confidence bins (0 = perfectly calibrated); NLL: mean "
+                "negative log-likelihood of the true class (lower is better). Mean ± sd over seeds."
+            ),
+            Table(["arm", "ECE", "NLL", "ECE per seed"], rows),
+            Figure(reliability, f"Reliability diagram, {_vs(inp)}, seeds pooled; below the diagonal: over-confident"),
+            Figure(
+                roc,
+                f"One-vs-rest ROC per class: {_label(primary)} (solid) and {_label(REFERENCE)} (dashed), seeds "
+                "pooled; AUC per class in the legend",
+            ),
         ],
     )
