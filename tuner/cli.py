@@ -200,13 +200,13 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     from trainables import storage
     from tuner.export import export_model
-    from tuner.mirror import SKIP_FOR_EXPORT, local_experiment
+    from tuner.mirror import local_experiment, skip_for_export
 
     exp = _experiment(args)
     remote_out = args.out if args.out and storage.is_uri(args.out) else None
     local_out = None if remote_out else args.out
     publish = "export" if storage.is_uri(exp.experiment_dir) and not args.out else None
-    with local_experiment(exp.experiment_dir, SKIP_FOR_EXPORT, publish=publish) as folder:
+    with local_experiment(exp.experiment_dir, skip_for_export(args.arm), publish=publish) as folder:
         out = export_model(str(folder), local_out, seed=args.seed, arm=args.arm)
         if remote_out:
             storage.upload(out, remote_out)

@@ -16,8 +16,14 @@ from trainables.errors import UserError
 # what each command leaves out of its copy (regular expressions on paths relative to the experiment folder);
 # tune[^/]*/ is every search: tune/ and a tuned baseline's tune_single_task/
 SKIP_FOR_REPORT = (r"^tune[^/]*/runs/", r"^prepared/shards/", r"/checkpoint_")
-SKIP_FOR_EXPORT = (r"^tune[^/]*/", r"^prepared/shards/", r"^retrain/single_task/.*/checkpoint_")
 SKIP_FOR_TENSORBOARD = (r"^tune[^/]*/runs/", r"^prepared/", r"/checkpoint_", r"\.parquet$")
+
+
+def skip_for_export(arm: str) -> tuple[str, ...]:
+    """What ``export --arm ARM`` leaves out: the searches, the shards and every other arm's retrain checkpoints
+    (``retrain/<other arm>/seed_<k>/run/checkpoint_*``). ARM's checkpoints, every arm's metrics.json and predictions
+    and the report are copied."""
+    return (r"^tune[^/]*/", r"^prepared/shards/", rf"^retrain/(?!{re.escape(arm)}/)[^/]+/.*/checkpoint_")
 
 
 def mirror_path(uri: str) -> Path:
