@@ -479,7 +479,10 @@ def primary_of(inp: Inputs) -> str:
 
 
 def _pooled(inp: Inputs, arm: str) -> tuple[np.ndarray, np.ndarray]:
-    return np.concatenate(inp.probs[arm]), np.tile(inp.lesion, len(inp.seeds))
+    """An arm's test probabilities and labels, all seeds stacked (rows with a non-finite probability left out)."""
+    probs, labels = np.concatenate(inp.probs[arm]), np.tile(inp.lesion, len(inp.seeds))
+    finite = np.isfinite(probs).all(axis=1)
+    return probs[finite], labels[finite]
 
 
 def _roc(probs: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray, float]]:
