@@ -400,3 +400,16 @@ def test_ece_of_a_calibrated_arm_is_small_next_to_an_over_confident_one(tmp_path
     numbers = result_sections.calibration_numbers(inp)
     assert numbers["mtl"]["ece"][0] < 0.03 < 0.2 < numbers["single_task"]["ece"][0]
     assert numbers["mtl"]["nll"][0] < numbers["single_task"]["nll"][0]
+
+
+def test_rate_bars_take_seeds_with_equal_rates(tmp_path):
+    # three seeds with the same rate 0.1: their float mean rounds a hair above the maximum, so max - mean < 0
+    # (the four-arm demo's report died on it: matplotlib refuses a negative whisker)
+    from tuner.report import plots
+
+    same = np.full((3, 2), 0.1)
+    assert (np.nanmax(same, axis=0) - np.nanmean(same, axis=0) < 0).all()  # the premise of this test
+    out = plots.grouped_rates(
+        ["a", "b"], np.array([3, 4]), {"mtl": same, "single_task": same / 2}, "t", "x", tmp_path / "rates.png"
+    )
+    assert out.is_file() and out.stat().st_size > 0

@@ -85,7 +85,8 @@ def headline(
     for arm in compared:
         mine = np.array([a == arm for _, a in rows])
         color = "#333" if len(compared) == 1 else ARM_COLORS.get(arm, "#333")
-        lo, hi = d[mine, 0] - d[mine, 1], d[mine, 2] - d[mine, 0]
+        # a percentile interval need not contain the estimate (or equals it up to rounding): draw no negative whisker
+        lo, hi = np.clip(d[mine, 0] - d[mine, 1], 0, None), np.clip(d[mine, 2] - d[mine, 0], 0, None)
         ax_d.errorbar(d[mine, 0], y[mine], xerr=[lo, hi], fmt="o", color=color, capsize=4)
     ax_d.axvline(0, color="#c23b22", lw=1, ls="--")
     ticks = [m if len(compared) == 1 else f"{m.split(chr(10))[0]}: {ARMS[a].label}" for m, a in rows]
@@ -109,7 +110,8 @@ def grouped_rates(
         with warnings.catch_warnings():  # a group without test images has no rate: NaN, drawn as 0 beside n=0
             warnings.simplefilter("ignore", RuntimeWarning)
             mean = np.nanmean(r, axis=0)
-            err = [mean - np.nanmin(r, axis=0), np.nanmax(r, axis=0) - mean]
+            # clipped: the mean of equal rates can round a hair past them, and matplotlib refuses a negative error
+            err = np.clip([mean - np.nanmin(r, axis=0), np.nanmax(r, axis=0) - mean], 0, None)
         ax.barh(
             y + ((len(rates) - 1) / 2 - i) * height,
             np.nan_to_num(mean),
