@@ -199,6 +199,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 
 def _cmd_export(args: argparse.Namespace) -> None:
     from trainables import storage
+    from tuner.bundle import read_bundle_files
     from tuner.export import export_model
     from tuner.mirror import local_experiment, skip_for_export
 
@@ -208,11 +209,13 @@ def _cmd_export(args: argparse.Namespace) -> None:
     publish = "export" if storage.is_uri(exp.experiment_dir) and not args.out else None
     with local_experiment(exp.experiment_dir, skip_for_export(args.arm), publish=publish) as folder:
         out = export_model(str(folder), local_out, seed=args.seed, arm=args.arm)
+        inputs = read_bundle_files(out)[0].metadata_inputs
         if remote_out:
             storage.upload(out, remote_out)
             out = remote_out
     print(f"export: bundle at {out}")
-    print(f"next: skintune predict --model {out} IMAGE.jpg")
+    meta = f" --metadata FILE.csv  # columns image, {', '.join(inputs)}" if inputs else ""
+    print(f"next: skintune predict --model {out} IMAGE.jpg{meta}")
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:

@@ -232,6 +232,8 @@ def test_cli_exports_a_metadata_arm_and_predicts_with_a_csv(tmp_path, capsys):
     assert "retrained arm(s) mtl_meta: name one with --arm" in capsys.readouterr().err
     out = tmp_path / "meta-bundle"
     assert main(["export", *storage, "--arm", "mtl_meta", "--out", str(out)]) == 0, capsys.readouterr().err
+    hint = capsys.readouterr().out.splitlines()[-1]  # the next step names the metadata the model takes
+    assert hint.startswith("next: skintune predict") and "--metadata FILE.csv  # columns image, site, age, sex" in hint
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["arm"] == "mtl_meta" and metrics["vs_single_task"] == {"test/lesion_bacc": {"diff": 0.03}}
     assert "mtl_vs_single_task" not in metrics and "arm `mtl_meta`" in (out / "MODEL_CARD.md").read_text()
