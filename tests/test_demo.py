@@ -60,6 +60,12 @@ def test_smoke_demo_end_to_end(demo):
     ):
         assert title in html and title in markdown
     assert "difference" in markdown.lower() and 'src="http' not in html
+    # each real retrain run records how its test split was evaluated, and the report says it
+    for arm in ("mtl", "single_task"):
+        for seed in (0, 1):
+            run = json.loads((exp_dir / "retrain" / arm / f"seed_{seed}" / "metrics.json").read_text())
+            assert run["test_eval"] == {"tta": 1, "device": "cpu"}
+    assert "Test-time augmentation: off (1 view); test evaluation on `cpu`." in markdown
     pngs = sorted((exp_dir / "report").glob("*.png"))
     assert len(pngs) >= 5
     for png in pngs:
