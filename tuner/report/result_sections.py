@@ -87,9 +87,22 @@ def _primary(comparisons: list[Comparison], arm: str | None = None) -> Compariso
     return next((c for c in mine if c.primary), mine[0])
 
 
+def _comparison_cells(c: Comparison) -> list[str]:
+    """One comparison's cells from its metric to its Holm p: the same in the two-arm and the several-arm table."""
+    return [
+        c.name,
+        "primary" if c.primary else "exploratory",
+        fmt_ms(c.per_seed[c.arm]),
+        fmt_ms(c.per_seed[REFERENCE]),
+        fmt_points(c.diff),
+        f"{fmt_points(c.low)} to {fmt_points(c.high)}",
+        stats.format_p(c.p_value),
+        "" if c.p_holm is None else stats.format_p(c.p_holm),
+    ]
+
+
 def _two_arm_table(comparisons: list[Comparison]) -> Table:
-    arm = comparisons[0].arm
-    name = _label(arm)
+    name = _label(comparisons[0].arm)
     cols = [
         "test metric",
         "role",
@@ -97,21 +110,10 @@ def _two_arm_table(comparisons: list[Comparison]) -> Table:
         "single-task mean ± sd",
         f"{name} - single-task (points)",
         "95 % CI",
+        "p (permutation)",
+        "p (Holm, exploratory)",
     ]
-    rows = [
-        [
-            c.name,
-            "primary" if c.primary else "exploratory",
-            fmt_ms(c.per_seed[arm]),
-            fmt_ms(c.per_seed[REFERENCE]),
-            fmt_points(c.diff),
-            f"{fmt_points(c.low)} to {fmt_points(c.high)}",
-            stats.format_p(c.p_value),
-            "" if c.p_holm is None else stats.format_p(c.p_holm),
-        ]
-        for c in comparisons
-    ]
-    return Table([*cols, "p (permutation)", "p (Holm, exploratory)"], rows)
+    return Table(cols, [_comparison_cells(c) for c in comparisons])
 
 
 def _arms_table(comparisons: list[Comparison]) -> Table:
@@ -127,21 +129,7 @@ def _arms_table(comparisons: list[Comparison]) -> Table:
         "p (permutation)",
         "p (Holm)",
     ]
-    rows = [
-        [
-            _label(c.arm),
-            c.name,
-            "primary" if c.primary else "exploratory",
-            fmt_ms(c.per_seed[c.arm]),
-            fmt_ms(c.per_seed[REFERENCE]),
-            fmt_points(c.diff),
-            f"{fmt_points(c.low)} to {fmt_points(c.high)}",
-            stats.format_p(c.p_value),
-            "" if c.p_holm is None else stats.format_p(c.p_holm),
-        ]
-        for c in comparisons
-    ]
-    return Table(cols, rows)
+    return Table(cols, [[_label(c.arm), *_comparison_cells(c)] for c in comparisons])
 
 
 def needs_table(inp: Inputs) -> Table:
