@@ -96,7 +96,9 @@ def run_evaluate(
     _check_positive("--batch-size", batch_size, 32)
     _check_positive("--n-boot", n_boot, 1000)
     _check_root(root, fmt)
-    bundle = _load_bundle(model_dir, backend)
+    from tuner.predict import load_bundle  # torch: imported only once the flags are known to be good
+
+    bundle = load_bundle(model_dir, backend)  # an incomplete export: one line naming the missing files
     table = read_dataset(fmt, root, options)
     lesion_map = _lesion_mapping(table.lesion_classes, bundle.lesion_classes, fmt, root)
     site_map = map_classes(table.site_classes, bundle.site_classes, fmt, kind="site") if bundle.site_classes else None
@@ -158,22 +160,6 @@ def _check_root(root: str | Path, fmt: str) -> None:
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "no such folder"
         raise UserError(f"--root {folder}: {what}; point --root at the unpacked {fmt} release (its top folder)")
-
-
-def _load_bundle(model_dir: str | Path, backend: str):
-    """The export at ``model_dir``; an incomplete folder is refused naming the missing files and the fix."""
-    from tuner.bundle import BACKENDS, CONFIG, LABELS
-    from tuner.predict import load_bundle
-
-    folder = Path(model_dir).expanduser()
-    if folder.is_dir() and backend in BACKENDS:
-        missing = [name for name in (CONFIG, LABELS, BACKENDS[backend]) if not (folder / name).is_file()]
-        if missing:
-            raise UserError(
-                f"--model {folder} is not a complete skintune export: {', '.join(missing)} missing; point --model "
-                "at the folder `skintune export --out` wrote, or export the model again"
-            )
-    return load_bundle(folder, backend)
 
 
 def _inputs(bundle, meta_site_map: ClassMapping | None) -> dict:

@@ -108,7 +108,10 @@ def load_bundle(directory: str | Path, backend: str = "safetensors") -> Bundle:
         raise UserError(f"{directory}: no such model folder; write one with `skintune export`")
     missing = [n for n in (CONFIG, LABELS, BACKENDS[backend]) if not (directory / n).is_file()]
     if missing:
-        raise UserError(f"{directory} is not a complete skintune export: {', '.join(missing)} missing")
+        raise UserError(
+            f"--model {directory} is not a complete skintune export: {', '.join(missing)} missing; point --model "
+            "at the folder `skintune export --out` wrote, or export the model again"
+        )
     config, labels = read_bundle_files(directory)
     # the preprocessing the bundle records (not the backbone's current timm defaults): the exported contract
     transform = build_transforms(config.image_size, config.mean, config.std, train=False)
